@@ -1,0 +1,108 @@
+"""Where and how the book runs: device, profile, seeds, cache, results.
+
+Every chapter starts with the same three calls::
+
+    from bertmini import runtime
+    runtime.seed_everything(0)
+    print(runtime.device(), runtime.profile())
+
+The *profile* changes only sizes and step counts, never what a chapter teaches:
+``cpu`` keeps each notebook within a few minutes on a 2-core laptop, ``gpu``
+trains larger models for longer. Set ``BERTMINI_PROFILE`` to choose; the default
+is ``gpu`` when CUDA is present and ``cpu`` otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+PROFILES = ("cpu", "gpu")
+T = TypeVar("T")
+
+
+def device() -> torch.device:
+    """The best device present: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def profile() -> str:
+    """``BERTMINI_PROFILE`` if set (``cpu`` or ``gpu``), else ``gpu`` with CUDA, else ``cpu``."""
+    value = os.environ.get("BERTMINI_PROFILE", "").strip().lower()
+    if not value:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if value not in PROFILES:
+        raise ValueError(
+            f"BERTMINI_PROFILE={value!r} is not a profile; use one of {PROFILES}, "
+            "e.g. `export BERTMINI_PROFILE=cpu`, or unset it to choose by hardware."
+        )
+    return value
+
+
+def by_profile(cpu: T, gpu: T) -> T:
+    """Pick a size or step count for the current profile: ``by_profile(cpu=500, gpu=20_000)``."""
+    return gpu if profile() == "gpu" else cpu
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch generator seeded the same."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """``BERTMINI_CACHE`` if set, else ``~/.cache/bertmini``; created on first use."""
+    root = os.environ.get("BERTMINI_CACHE") or os.path.join(Path.home(), ".cache", "bertmini")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a crash
+    never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_results(chapter: str, results: dict[str, Any]) -> Path:
+    """Merge a chapter's headline numbers into ``<cache>/results/<chapter>.json``."""
+    path = cache_dir() / "results" / f"{chapter}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(results)
+    return atomic_write_bytes(path, json.dumps(old, indent=2, sort_keys=True).encode())
+
+
+def load_results(chapter: str) -> dict[str, Any]:
+    """The numbers a chapter saved with :func:`save_results` (empty if none yet)."""
+    path = cache_dir() / "results" / f"{chapter}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
