@@ -1,0 +1,157 @@
+"""Move BERT weights between bertmini and ``transformers``, and load a real checkpoint.
+
+Because bertmini names every parameter as ``transformers`` does, the mapping is
+the identity: no renaming, no transposes. What this module adds is strictness.
+Every key must be accounted for and every shape must match; otherwise the error
+names the keys and shapes that do not fit, rather than loading half a model.
+
+* :func:`from_hf`: a ``transformers.BertModel`` or ``BertForPreTraining`` -> bertmini.
+* :func:`to_hf`: back again.
+* :func:`load_pretrained`: a directory with ``config.json`` + ``model.safetensors``
+  (e.g. ``bertmini.data.minilm_path()``) -> a bertmini ``BertModel``, offline.
+
+Not handled: other ``transformers`` heads (``BertForMaskedLM``, classifiers),
+TensorFlow/Flax checkpoints, sharded or pickled (``.bin``) weight files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import BertConfig
+from .model import BertModel
+
+# Buffers older transformers versions saved with the weights; they are not
+# parameters (bertmini rebuilds them), so loading skips them.
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+
+def _is_ignored_buffer(key: str) -> bool:
+    return any(key == b or key.endswith("." + b) for b in IGNORED_BUFFERS)
+
+
+def _describe(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str = "checkpoint",
+    aliases: dict[str, str] | None = None,
+) -> None:
+    """Copy ``state_dict`` into ``model``; raise ``ValueError`` naming every missing key,
+    unexpected key and shape mismatch at once.
+
+    ``aliases`` maps a key that may appear in ``state_dict`` to the key it is tied to
+    (``{"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}``):
+    such a key is accepted whether or not the model has it, since the tensor it
+    names is loaded under its other name.
+    """
+    aliases = aliases or {}
+    own = model.state_dict()
+    given = {k: v for k, v in state_dict.items() if not _is_ignored_buffer(k)}
+    missing = [k for k in own if k not in given and not (k in aliases and aliases[k] in given)]
+    unexpected = [k for k in given if k not in own and not (k in aliases and aliases[k] in own)]
+    wrong = [
+        f"{k}: {source} {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing from the {source} ({len(missing)}): {_describe(missing)}")
+    if unexpected:
+        problems.append(f"in the {source} but not in the model ({len(unexpected)}): {_describe(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shape ({len(wrong)}): {_describe(wrong)}")
+    if problems:
+        raise ValueError(
+            f"cannot load the {source} into {type(model).__name__}:\n  " + "\n  ".join(problems)
+            + "\nCheck that the config (vocab_size, hidden_size, layers, ...) matches the checkpoint."
+        )
+    to_load = {k: given[k] if k in given else given[aliases[k]] for k in own}
+    model.load_state_dict(to_load, strict=True)
+
+
+def _hf_aliases(hf_model) -> dict[str, str]:
+    tied = getattr(hf_model, "_tied_weights_keys", None) or {}
+    return dict(tied) if isinstance(tied, dict) else {}
+
+
+def from_hf(hf_model) -> nn.Module:
+    """A bertmini model with the config and weights of a ``transformers`` model.
+
+    ``transformers.BertModel`` -> :class:`bertmini.model.BertModel` (with a pooler iff
+    the original has one); ``transformers.BertForPreTraining`` ->
+    ``bertmini.heads.BertForPreTraining``. The result is in the same train/eval mode.
+    """
+    import transformers
+
+    config = BertConfig.from_hf(hf_model.config)
+    if isinstance(hf_model, transformers.BertForPreTraining):
+        from .heads import BertForPreTraining  # chapter 4; imported only when needed
+
+        model = BertForPreTraining(config)
+    elif isinstance(hf_model, transformers.BertModel):
+        model = BertModel(config, add_pooling_layer=hf_model.pooler is not None)
+    else:
+        raise TypeError(
+            f"from_hf takes a transformers BertModel or BertForPreTraining, got {type(hf_model).__name__}"
+        )
+    load_state_dict_strict(model, hf_model.state_dict(), source=type(hf_model).__name__, aliases=_hf_aliases(hf_model))
+    return model.train(hf_model.training)
+
+
+def to_hf(model: nn.Module):
+    """The ``transformers`` twin of a bertmini ``BertModel`` or ``BertForPreTraining``,
+    with the same weights (eager or SDPA attention as ``transformers`` chooses)."""
+    import transformers
+
+    if isinstance(model, BertModel):
+        hf = transformers.BertModel(model.config.to_hf(), add_pooling_layer=model.pooler is not None)
+    elif type(model).__name__ == "BertForPreTraining" and type(model).__module__.startswith("bertmini"):
+        hf = transformers.BertForPreTraining(model.config.to_hf())
+    else:
+        raise TypeError(f"to_hf takes a bertmini BertModel or BertForPreTraining, got {type(model).__name__}")
+    own = model.state_dict()
+    aliases = {v: k for k, v in _hf_aliases(hf).items()}  # the reverse direction
+    aliases.update(_hf_aliases(hf))
+    load_state_dict_strict(hf, own, source=f"bertmini {type(model).__name__}", aliases=aliases)
+    # Loading may re-tie; make sure the tied copies really are the loaded weights.
+    if hasattr(hf, "tie_weights"):
+        hf.tie_weights()
+    return hf.train(model.training)
+
+
+def load_pretrained(directory: str | os.PathLike, add_pooling_layer: bool = True) -> BertModel:
+    """A bertmini :class:`BertModel` from ``directory/config.json`` and
+    ``directory/model.safetensors``, in eval mode. Works offline; nothing is downloaded.
+
+    A checkpoint saved from a model with heads (keys prefixed ``bert.``) loads its
+    encoder; the head weights (``cls.*``) are then left out, since ``BertModel``
+    has no head. Any other missing, unexpected or misshapen key is an error that names it.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found; load_pretrained needs a directory with config.json and model.safetensors "
+                "(for the book's real model use bertmini.data.minilm_path())"
+            )
+    config = BertConfig.from_json(config_path)
+    state = load_file(str(weights_path))
+    if any(k.startswith("bert.") for k in state):
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    if not add_pooling_layer:
+        state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
+    model = BertModel(config, add_pooling_layer=add_pooling_layer)
+    load_state_dict_strict(model, state, source=str(weights_path))
+    return model.eval()
