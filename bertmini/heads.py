@@ -1,3 +1,215 @@
+"""Heads on top of the encoder: pretraining (chapter 4) and tasks (chapter 5).
+
+Pretraining (the BERT paper, section 3.1)::
+
+    MLM: h_i -> LayerNorm(GELU(W h_i + b)) -> E^T . + bias     (E = the word embeddings, tied)
+    NSP: pooled [CLS] -> Linear(hidden, 2)                      (0 = IsNext, 1 = NotNext)
+    loss = mean CE over masked positions + CE of the NSP label
+
+Module names are those of ``transformers`` (``bert``, ``cls.predictions.transform``,
+``cls.predictions.decoder``, ``cls.predictions.bias``, ``cls.seq_relationship``), so
+``bertmini.hf.from_hf`` / ``to_hf`` move weights both ways unchanged.
+
+Speed: the MLM head runs **only at the masked positions** (``labels != -100``).
+The vocabulary projection is the most expensive matrix product of a small BERT
+(hidden x vocab per token); computing it at the 15% of positions that have a
+label, instead of at all of them, does the same learning for about a sixth of
+that cost. Without ``labels`` (inference) the head scores every position.
+
+Not handled: ``transformers``' ``BertLMHeadModel`` (causal LM), ``inputs_embeds``,
+and untied output embeddings (the decoder always shares the word embeddings).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BertConfig
+from .model import ACT_FN, BertModel, BertPreTrainedModel
+
+IGNORE_INDEX = -100  # label of the positions the MLM loss skips (not masked), as in torch's cross_entropy
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """``LayerNorm(act(dense(h)))``: one more layer between the encoder and the vocabulary."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT_FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Scores every vocabulary entry: transform, then a decoder whose weight *is* the
+    word-embedding matrix (tied by :class:`BertForPreTraining`), plus a bias per token."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(hidden_states), self.decoder.weight, self.bias)
+
+
+class BertOnlyMLMHead(nn.Module):
+    """The head of :class:`BertForMaskedLM`: ``cls.predictions`` only."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """Both pretraining heads: ``predictions`` (MLM) and ``seq_relationship`` (NSP)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+@dataclass
+class BertForPreTrainingOutput:
+    """What :class:`BertForPreTraining` and :class:`BertForMaskedLM` return.
+
+    With ``labels``: ``mlm_logits`` is ``(n_masked, vocab)``, one row per position
+    where ``labels != -100`` in row-major order (``masked_labels`` holds their
+    labels, ``masked_positions`` their ``(row, col)`` indices); without labels it is
+    ``(batch, seq, vocab)``. ``nsp_logits`` is ``(batch, 2)`` (None for MLM only).
+    Losses and accuracies are None when their labels were not given.
+    ``logits`` is ``mlm_logits``, the name every head in the book shares.
+    """
+
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None
+    nsp_logits: torch.Tensor | None = None
+    mlm_accuracy: torch.Tensor | None = None
+    nsp_accuracy: torch.Tensor | None = None
+    masked_labels: torch.Tensor | None = None
+    masked_positions: torch.Tensor | None = None
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self.mlm_logits
+
+
+def _check_mlm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> None:
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but input_ids has {tuple(input_ids.shape)}; MLM labels "
+            "hold the original id at each masked position and -100 elsewhere (see bertmini.masking.mask_tokens)"
+        )
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(
+            f"labels contain {sorted({int(v) for v in labels[bad].unique()})[:5]}, neither -100 nor an id in "
+            f"[0, {vocab_size}); was the text encoded with a different vocabulary?"
+        )
+
+
+class _MaskedLMBase(BertPreTrainedModel):
+    """The MLM part shared by :class:`BertForPreTraining` and :class:`BertForMaskedLM`."""
+
+    def _tie_weights(self) -> None:
+        # One tensor, two names: the decoder *is* the input embedding matrix (Press & Wolf, 2017).
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def _mlm(self, sequence_output: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None,
+             out: BertForPreTrainingOutput) -> None:
+        head = self.cls.predictions
+        if labels is None:
+            out.mlm_logits = head(sequence_output)
+            return
+        _check_mlm_labels(labels, input_ids, self.config.vocab_size)
+        selected = labels != IGNORE_INDEX
+        out.masked_positions = selected.nonzero()
+        out.masked_labels = labels[selected]
+        # The sparse head: gather the masked rows first, then transform and project only them.
+        out.mlm_logits = head(sequence_output[selected])
+        if out.masked_labels.numel() == 0:  # nothing masked in this batch: no signal, but not an error
+            out.mlm_loss = out.mlm_logits.sum() * 0.0
+            out.mlm_accuracy = torch.zeros((), device=input_ids.device)
+            return
+        out.mlm_loss = F.cross_entropy(out.mlm_logits.float(), out.masked_labels)
+        with torch.no_grad():
+            out.mlm_accuracy = (out.mlm_logits.argmax(-1) == out.masked_labels).float().mean()
+
+
+class BertForPreTraining(_MaskedLMBase):
+    """BERT as pretrained: the encoder, the MLM head and the NSP head; the two losses summed.
+
+    ``forward(input_ids, token_type_ids=None, attention_mask=None, labels=None,
+    next_sentence_label=None)``: ``labels`` are MLM labels (original id at masked
+    positions, -100 elsewhere), ``next_sentence_label`` is 0 (B follows A) or 1
+    (B is random). Give either, both or none; ``loss`` sums the losses given, so
+    leaving out ``next_sentence_label`` trains MLM alone (RoBERTa's choice).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+        self._tie_weights()  # after init, so the embeddings' padding row stays zero
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                next_sentence_label=None) -> BertForPreTrainingOutput:
+        encoded = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        out = BertForPreTrainingOutput()
+        self._mlm(encoded.last_hidden_state, input_ids, labels, out)
+        out.nsp_logits = self.cls.seq_relationship(encoded.pooler_output)
+        if next_sentence_label is not None:
+            next_sentence_label = torch.as_tensor(next_sentence_label, device=input_ids.device).long().view(-1)
+            if next_sentence_label.numel() != input_ids.shape[0] or not bool(
+                    ((next_sentence_label == 0) | (next_sentence_label == 1)).all()):
+                raise ValueError(
+                    "next_sentence_label needs one label per row, 0 (IsNext: B follows A) or 1 (NotNext: "
+                    f"B is random); got {next_sentence_label.tolist()[:8]} for a batch of {input_ids.shape[0]}"
+                )
+            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label)
+            with torch.no_grad():
+                out.nsp_accuracy = (out.nsp_logits.argmax(-1) == next_sentence_label).float().mean()
+        losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
+        out.loss = sum(losses) if losses else None
+        return out
+
+
+class BertForMaskedLM(_MaskedLMBase):
+    """MLM only (RoBERTa's objective; ``transformers.BertForMaskedLM``): no pooler, no NSP head.
+
+    ``forward(input_ids, token_type_ids=None, attention_mask=None, labels=None)``; the
+    output is a :class:`BertForPreTrainingOutput` with the NSP fields None.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.init_weights()
+        self._tie_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> BertForPreTrainingOutput:
+        encoded = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        out = BertForPreTrainingOutput()
+        self._mlm(encoded.last_hidden_state, input_ids, labels, out)
+        out.loss = out.mlm_loss
+        return out
+
+
 # --- Task heads (chapter 5) ---
 # One pretrained encoder, three small heads, named as in transformers
 # (``bert``, ``classifier``, ``qa_outputs``) so a state dict moves between the two
