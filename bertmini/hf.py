@@ -5,12 +5,13 @@ the identity: no renaming, no transposes. What this module adds is strictness.
 Every key must be accounted for and every shape must match; otherwise the error
 names the keys and shapes that do not fit, rather than loading half a model.
 
-* :func:`from_hf`: a ``transformers.BertModel`` or ``BertForPreTraining`` -> bertmini.
+* :func:`from_hf`: a ``transformers`` ``BertModel``, ``BertForPreTraining`` or
+  ``BertForMaskedLM`` -> the bertmini model of the same name.
 * :func:`to_hf`: back again.
 * :func:`load_pretrained`: a directory with ``config.json`` + ``model.safetensors``
   (e.g. ``bertmini.data.minilm_path()``) -> a bertmini ``BertModel``, offline.
 
-Not handled: other ``transformers`` heads (``BertForMaskedLM``, classifiers),
+Not handled: the task heads (classifiers, QA),
 TensorFlow/Flax checkpoints, sharded or pickled (``.bin``) weight files.
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ from .model import BertModel
 # Buffers older transformers versions saved with the weights; they are not
 # parameters (bertmini rebuilds them), so loading skips them.
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+
+# Models with the pretraining heads: same class name on both sides; the bertmini
+# ones live in ``bertmini.heads`` (chapter 4) and are imported only when needed.
+HEAD_MODELS = ("BertForPreTraining", "BertForMaskedLM")
 
 
 def _is_ignored_buffer(key: str) -> bool:
@@ -87,37 +92,41 @@ def from_hf(hf_model) -> nn.Module:
     """A bertmini model with the config and weights of a ``transformers`` model.
 
     ``transformers.BertModel`` -> :class:`bertmini.model.BertModel` (with a pooler iff
-    the original has one); ``transformers.BertForPreTraining`` ->
-    ``bertmini.heads.BertForPreTraining``. The result is in the same train/eval mode.
+    the original has one); ``transformers.BertForPreTraining`` / ``BertForMaskedLM`` ->
+    ``bertmini.heads.BertForPreTraining`` / ``BertForMaskedLM``. The result is in the
+    same train/eval mode.
     """
     import transformers
 
     config = BertConfig.from_hf(hf_model.config)
-    if isinstance(hf_model, transformers.BertForPreTraining):
-        from .heads import BertForPreTraining  # chapter 4; imported only when needed
+    name = type(hf_model).__name__
+    if name in HEAD_MODELS and isinstance(hf_model, getattr(transformers, name)):
+        from . import heads
 
-        model = BertForPreTraining(config)
+        model = getattr(heads, name)(config)
     elif isinstance(hf_model, transformers.BertModel):
         model = BertModel(config, add_pooling_layer=hf_model.pooler is not None)
     else:
         raise TypeError(
-            f"from_hf takes a transformers BertModel or BertForPreTraining, got {type(hf_model).__name__}"
+            f"from_hf takes a transformers BertModel, {' or '.join(HEAD_MODELS)}, got {name}"
         )
     load_state_dict_strict(model, hf_model.state_dict(), source=type(hf_model).__name__, aliases=_hf_aliases(hf_model))
     return model.train(hf_model.training)
 
 
 def to_hf(model: nn.Module):
-    """The ``transformers`` twin of a bertmini ``BertModel`` or ``BertForPreTraining``,
-    with the same weights (eager or SDPA attention as ``transformers`` chooses)."""
+    """The ``transformers`` twin of a bertmini ``BertModel``, ``BertForPreTraining`` or
+    ``BertForMaskedLM``, with the same weights (attention implementation as
+    ``transformers`` chooses)."""
     import transformers
 
+    name = type(model).__name__
     if isinstance(model, BertModel):
         hf = transformers.BertModel(model.config.to_hf(), add_pooling_layer=model.pooler is not None)
-    elif type(model).__name__ == "BertForPreTraining" and type(model).__module__.startswith("bertmini"):
-        hf = transformers.BertForPreTraining(model.config.to_hf())
+    elif name in HEAD_MODELS and type(model).__module__ == "bertmini.heads":
+        hf = getattr(transformers, name)(model.config.to_hf())
     else:
-        raise TypeError(f"to_hf takes a bertmini BertModel or BertForPreTraining, got {type(model).__name__}")
+        raise TypeError(f"to_hf takes a bertmini BertModel, {' or '.join(HEAD_MODELS)}, got {name}")
     own = model.state_dict()
     aliases = {v: k for k, v in _hf_aliases(hf).items()}  # the reverse direction
     aliases.update(_hf_aliases(hf))

@@ -166,45 +166,44 @@ def test_to_hf_saved_and_reloaded_by_transformers(tmp_path):
         assert torch.equal(again(ids).last_hidden_state, ours(ids).last_hidden_state)
 
 
-def test_pretraining_model_round_trip():
-    heads = pytest.importorskip("bertmini.heads")
-    if not hasattr(heads, "BertForPreTraining"):
-        pytest.skip("bertmini.heads.BertForPreTraining not written yet")
+@pytest.mark.parametrize("name", ["BertForPreTraining", "BertForMaskedLM"])
+def test_head_models_round_trip(name):
+    from bertmini import heads
+
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=150, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=100, max_position_embeddings=40)
-    theirs = transformers.BertForPreTraining(cfg).eval()
+    theirs = getattr(transformers, name)(cfg).eval()
     with torch.no_grad():  # a non-zero MLM bias, so that it is really copied
         theirs.cls.predictions.bias.normal_()
-    ours = from_hf(theirs)
-    assert isinstance(ours, heads.BertForPreTraining)
+    ours = from_hf(theirs).eval()
+    assert type(ours) is getattr(heads, name)
     ids = torch.randint(0, 150, (2, 12))
     with torch.no_grad():
         b = theirs(input_ids=ids)
         a = ours(input_ids=ids)
-        logits = getattr(a, "prediction_logits", None)
-        if logits is None:
-            logits = a.logits
-        if logits.shape == b.prediction_logits.shape:
-            assert (logits - b.prediction_logits).abs().max() < 1e-4
-        nsp = getattr(a, "seq_relationship_logits", None)
-        if nsp is not None:
-            assert (nsp - b.seq_relationship_logits).abs().max() < ATOL
+    hf_logits = b.prediction_logits if name == "BertForPreTraining" else b.logits
+    assert (a.mlm_logits - hf_logits).abs().max() < ATOL
+    if name == "BertForPreTraining":
+        assert (a.nsp_logits - b.seq_relationship_logits).abs().max() < ATOL
     # the decoder stays tied to the word embeddings after loading
     assert ours.cls.predictions.decoder.weight.data_ptr() == ours.bert.embeddings.word_embeddings.weight.data_ptr()
     back = to_hf(ours).eval()
-    assert isinstance(back, transformers.BertForPreTraining)
+    assert type(back) is getattr(transformers, name)
     with torch.no_grad():
         c = back(input_ids=ids)
-    assert (c.prediction_logits - b.prediction_logits).abs().max() < 1e-4
-    assert (c.seq_relationship_logits - b.seq_relationship_logits).abs().max() < ATOL
+    c_logits = c.prediction_logits if name == "BertForPreTraining" else c.logits
+    assert (c_logits - hf_logits).abs().max() < ATOL
+    assert back.cls.predictions.decoder.weight.data_ptr() == back.bert.embeddings.word_embeddings.weight.data_ptr()
 
 
 def test_from_hf_rejects_other_models():
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=32)
-    with pytest.raises(TypeError, match="BertForMaskedLM"):
-        from_hf(transformers.BertForMaskedLM(cfg))
+    with pytest.raises(TypeError, match="BertForNextSentencePrediction"):
+        from_hf(transformers.BertForNextSentencePrediction(cfg))
+    with pytest.raises(TypeError, match="to_hf takes"):
+        to_hf(torch.nn.Linear(2, 2))
 
 
 def test_load_pretrained_names_what_is_wrong(tmp_path, minilm_dir):
