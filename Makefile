@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(VENV)/share/bertmini/sources
 TEST_CACHE := $(CURDIR)/_build/test-cache
 
-.PHONY: venv book test bench strip browser-check clean
+.PHONY: venv book test bench strip browser-check chromium clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,37 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m bertmini.data fetch-sources --dest $(SOURCES)
 	@touch $@
+
+# Offline, with a fresh cache so nothing from an earlier run hides a failure.
+TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=agg
+NBVAL := --nbval-lax --nbval-cell-timeout=1500 --sanitize-with tests/sanitize.cfg
+NOTEBOOKS := chapters appendix/data.ipynb
+JB_CACHE := $(CURDIR)/_build/.jupyter_cache
+
+# The executed web book in _build/html (notebooks run once, then cached by their code).
+book: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/jupyter-book build . -W --keep-going
+	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+# Every test: unit and parity tests, nbval over every notebook (whose outputs go
+# into the book's execution cache), then the book built from those outputs
+# (no notebook runs twice) and every page checked in headless Chromium.
+test: venv chromium
+	rm -rf $(TEST_CACHE)
+	$(TEST_ENV) $(BIN)/pytest tests $(NOTEBOOKS) $(NBVAL) --nb-cache=$(JB_CACHE) --durations=15
+	rm -rf _build/html
+	$(TEST_ENV) $(BIN)/jupyter-book build . -W --keep-going 2>&1 | tee _build/book-test.log; \
+	  test $${PIPESTATUS[0]} -eq 0
+	@! grep -E "Executing notebook|Executing:" _build/book-test.log || \
+	  { echo "the book build executed a notebook that nbval had already run"; exit 1; }
+	$(BIN)/python tools/browser_check.py _build/html
+
+browser-check: venv chromium
+	$(BIN)/python tools/browser_check.py _build/html
+
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; }
 
 strip: venv
 	$(BIN)/python tools/strip_outputs.py chapters appendix
