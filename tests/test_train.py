@@ -377,3 +377,52 @@ def test_bad_input_gets_clear_errors():
         train(frozen, regression_loader(), config())
     with pytest.raises(FloatingPointError, match="lower lr"):
         train(fresh_model(), [{"x": torch.full((2, 8), float("nan")), "y": torch.zeros(2)}], config())
+
+
+# ------------------------------------------------------------------ with the book's own BERT
+
+
+def test_tiny_bertmini_pretraining_resumes_exactly(tmp_path):
+    from bertmini.config import BertConfig
+    from bertmini.heads import BertForPreTraining
+
+    cfg = BertConfig.preset("tiny", vocab_size=60, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                            num_hidden_layers=2, max_position_embeddings=16)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, 60, (24, 12), generator=g)
+    nsp = torch.randint(0, 2, (24,), generator=g)
+
+    def mask_collate(items):  # dynamic masking: 15% of positions, fresh each time a batch is drawn
+        input_ids = torch.stack([i[0] for i in items])
+        chosen = torch.rand(input_ids.shape) < 0.15
+        chosen[:, 0] = True  # at least one masked position per row
+        return {"input_ids": torch.where(chosen, torch.full_like(input_ids, 4), input_ids),
+                "attention_mask": torch.ones_like(input_ids), "token_type_ids": torch.zeros_like(input_ids),
+                "labels": torch.where(chosen, input_ids, torch.full_like(input_ids, -100)),
+                "next_sentence_label": torch.stack([i[1] for i in items])}
+
+    def loader():
+        return DataLoader(TensorDataset(ids, nsp), batch_size=8, shuffle=True, collate_fn=mask_collate)
+
+    def model():
+        torch.manual_seed(0)
+        return BertForPreTraining(cfg)  # dropout 0.1 on, as in BERT
+
+    run = dict(max_steps=8, log_every=2, lr=1e-3)
+    full_model = model()
+    full = train(full_model, loader(), config(**run))
+    train(model(), loader(), config(**run, checkpoint_dir=tmp_path), callbacks=[lambda i: i["step"] == 3])
+    resumed_model = model()
+    resumed = train(resumed_model, loader(), config(**run, checkpoint_dir=tmp_path), resume=True)
+    for k, v in full_model.state_dict().items():
+        assert torch.equal(v, resumed_model.state_dict()[k]), k
+    assert resumed.losses == full.losses
+    assert {"mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"} <= set(full.records[-1])
+    assert full.records[0]["tokens"] == 8 * 12
+    # the decoder tied to the word embeddings is stored once and comes back tied
+    stored = load_file(tmp_path / "last" / "model.safetensors")
+    assert "bert.embeddings.word_embeddings.weight" in stored and "cls.predictions.decoder.weight" not in stored
+    fresh = model()
+    load_checkpoint(tmp_path / "last", fresh)
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+    assert torch.equal(fresh.cls.predictions.decoder.weight, full_model.bert.embeddings.word_embeddings.weight)
