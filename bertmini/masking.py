@@ -76,14 +76,19 @@ def _random_candidates(input_ids, special, mask_token_id, vocab_size, random_tok
 
 
 def _corrupt(input_ids, selected, unit_u, *, mask_token_id, vocab_size, random_token_ids,
-             special, generator):
+             special, generator, mask_replace_prob=0.8, random_replace_prob=0.1):
     """Apply 80/10/10 to the selected positions; ``unit_u`` holds one uniform draw per position
     (shared by all pieces of a word for whole-word masking)."""
     inputs = input_ids.clone()  # never modify the caller's tensor
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    to_mask = selected & (unit_u < 0.8)
-    to_random = selected & (unit_u >= 0.8) & (unit_u < 0.9)
-    # the remaining 10% (unit_u >= 0.9) keep their original token
+    mask_p = _check_probability("mask_replace_prob", mask_replace_prob)
+    random_p = _check_probability("random_replace_prob", random_replace_prob)
+    if mask_p + random_p > 1.0 + 1e-9:
+        raise ValueError(f"mask_replace_prob + random_replace_prob = {mask_p + random_p} exceeds 1; "
+                         "BERT uses 0.8 and 0.1 (the remaining 0.1 keeps the token)")
+    to_mask = selected & (unit_u < mask_p)
+    to_random = selected & (unit_u >= mask_p) & (unit_u < mask_p + random_p)
+    # the rest (10% in BERT) keep their original token
     inputs[to_mask] = mask_token_id
     n_random = int(to_random.sum())
     if n_random:
@@ -102,6 +107,8 @@ def mask_tokens(
     mlm_probability: float = 0.15,
     generator: torch.Generator | None = None,
     random_token_ids: torch.Tensor | Sequence[int] | None = None,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking, token by token. Returns ``(inputs, labels)``; ``input_ids`` is not modified.
 
@@ -109,7 +116,8 @@ def mask_tokens(
     with probability ``mlm_probability``. ``labels`` hold the original id at selected
     positions and -100 elsewhere. Of the selected positions, 80% become
     ``mask_token_id`` in ``inputs``, 10% a random id from ``random_token_ids``, 10%
-    keep their token.
+    keep their token (``mask_replace_prob`` and ``random_replace_prob`` change the
+    split, as in ``transformers``).
 
     ``special_tokens_mask`` must be True at padding too: padding is never selected
     only because the mask says so. ``random_token_ids`` (the ids a random
@@ -126,7 +134,8 @@ def mask_tokens(
     unit_u = torch.rand(input_ids.shape, generator=generator)
     selected = (select_u < p) & ~special
     return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id, vocab_size=vocab_size,
-                    random_token_ids=random_token_ids, special=special, generator=generator)
+                    random_token_ids=random_token_ids, special=special, generator=generator,
+                    mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
 
 
 def word_ids_from_wordpieces(input_ids: torch.Tensor, is_continuation: torch.Tensor,
@@ -165,6 +174,8 @@ def whole_word_mask(
     mlm_probability: float = 0.15,
     generator: torch.Generator | None = None,
     random_token_ids: torch.Tensor | Sequence[int] | None = None,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole-word masking: all pieces of a word are selected together. Returns ``(inputs, labels)``.
 
@@ -184,7 +195,7 @@ def whole_word_mask(
     p = _check_probability("mlm_probability", mlm_probability)
     special = special_tokens_mask.bool()
     valid = (word_ids >= 0) & ~special
-    rows = input_ids.reshape(-1, input_ids.shape[-1]) if input_ids.dim() else input_ids
+    rows = input_ids.reshape(-1, input_ids.shape[-1])
     wid = word_ids.reshape(rows.shape).long().clamp(min=0)
     # Make word ids unique across the batch, then draw one pair of uniforms per word.
     width = int(wid.max()) + 1 if wid.numel() else 1
@@ -194,7 +205,8 @@ def whole_word_mask(
     unit_u = torch.rand(n_words, generator=generator)[global_wid].reshape(input_ids.shape)
     selected = (select_u < p) & valid
     return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id, vocab_size=vocab_size,
-                    random_token_ids=random_token_ids, special=special, generator=generator)
+                    random_token_ids=random_token_ids, special=special, generator=generator,
+                    mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
 
 
 # ----------------------------------------------------------------------------- collator
@@ -255,8 +267,13 @@ class MLMCollator:
     """
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word: bool = False,
-                 static: bool = False, seed: int = 0, pad_to_multiple_of: int | None = None):
+                 static: bool = False, seed: int = 0, pad_to_multiple_of: int | None = None,
+                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
         self.mlm_probability = _check_probability("mlm_probability", mlm_probability)
+        self.mask_replace_prob = _check_probability("mask_replace_prob", mask_replace_prob)
+        self.random_replace_prob = _check_probability("random_replace_prob", random_replace_prob)
+        if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
+            raise ValueError("mask_replace_prob + random_replace_prob must not exceed 1 (BERT: 0.8 + 0.1)")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.whole_word, self.static, self.seed = bool(whole_word), bool(static), seed
@@ -328,7 +345,8 @@ class MLMCollator:
         """Mask already padded ``input_ids`` (token-level or whole-word, as configured)."""
         kw = dict(mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
                   special_tokens_mask=special_tokens_mask, mlm_probability=self.mlm_probability,
-                  generator=generator, random_token_ids=self.random_token_ids)
+                  generator=generator, random_token_ids=self.random_token_ids,
+                  mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob)
         if self.whole_word:
             word_ids = word_ids_from_wordpieces(input_ids, self.is_continuation, special_tokens_mask)
             return whole_word_mask(input_ids, word_ids=word_ids, **kw)

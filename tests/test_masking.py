@@ -305,3 +305,27 @@ def test_bad_input_gives_clear_errors(tokenizer):
         MLMCollator(tokenizer)([{"input_ids": [101, 40000, 102]}])
     with pytest.raises(ValueError, match="mlm_probability"):
         MLMCollator(tokenizer, mlm_probability=-0.1)
+
+
+def test_collator_with_bertmini_tokenizer_matches_transformers_tables(tokenizer, examples):
+    from bertmini.tokenization import BertTokenizer
+
+    ours = MLMCollator(BertTokenizer.from_vocab(data.minilm_vocab_path()), seed=3)
+    theirs = MLMCollator(tokenizer, seed=3)
+    assert torch.equal(ours.is_special, theirs.is_special)
+    assert torch.equal(ours.random_token_ids, theirs.random_token_ids)
+    assert torch.equal(ours.is_continuation, theirs.is_continuation)
+    a, b = ours(examples[:32]), theirs(examples[:32])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_other_splits(tokenizer, examples):
+    """mask_replace_prob / random_replace_prob change the split as in transformers."""
+    col = MLMCollator(tokenizer, seed=0, mask_replace_prob=1.0, random_replace_prob=0.0)
+    s = stats(with_originals(col, examples[:600]), tokenizer.mask_token_id)
+    assert s["mask"] == 1.0 and s["random"] == 0.0
+    col = MLMCollator(tokenizer, seed=0, mask_replace_prob=0.0, random_replace_prob=0.0)
+    s = stats(with_originals(col, examples[:600]), tokenizer.mask_token_id)
+    assert s["keep"] == 1.0
+    with pytest.raises(ValueError, match="exceed"):
+        MLMCollator(tokenizer, mask_replace_prob=0.8, random_replace_prob=0.3)
