@@ -50,6 +50,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -1020,7 +1021,7 @@ def train(
             else:
                 optimizer.step()
             with warnings.catch_warnings():  # fp16 skips steps with inf gradients, on purpose
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
