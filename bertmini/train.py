@@ -853,7 +853,8 @@ def train(
     weights as an uninterrupted one (same data, config and seed).
     ``callbacks``: functions called after every optimizer step with a dict
     ``{"step", "model", "optimizer", "scheduler", "history", "record"}``; a callback
-    returning ``True`` stops training (``history.stop_reason = "callback"``).
+    returning ``True`` stops training (``history.stop_reason = "callback"``); under
+    ``torchrun`` they run in every process and rank 0's answer decides.
     The model is left in eval mode at the end.
     """
     if not isinstance(config, TrainConfig):
@@ -1049,9 +1050,10 @@ def train(
             if dist_info.enabled and (config.max_time_s is not None or callbacks):
                 import torch.distributed as dist
 
-                flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                dist.broadcast(flag, src=0)  # rank 0's clock decides for everyone
-                stop = stop or ("max_time_s" if flag.item() else None)
+                reasons = (None, "max_time_s", "callback")
+                code = torch.tensor([reasons.index(stop)], device=device)
+                dist.broadcast(code, src=0)  # rank 0's clock and callbacks decide for everyone
+                stop = reasons[int(code.item())]
             if config.checkpoint_every and step % config.checkpoint_every == 0 and not stop:
                 flush()
                 checkpoint()
@@ -1064,6 +1066,10 @@ def train(
             evaluate()
         if last_ckpt != step:
             checkpoint()
+        if dist_info.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()  # no process returns (and maybe resumes) before rank 0's checkpoint is written
     finally:
         if bar is not None:
             bar.close()

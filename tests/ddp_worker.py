@@ -3,7 +3,8 @@
 Every process trains the same model on the same shuffled stream of global batches
 of 16 and keeps its half (8 + 8); ``bertmini.train`` does the slicing and the DDP
 wrapping. Each rank writes its final weights and history to ``OUT_DIR/rank{r}.*``;
-rank 0 alone writes the checkpoint under ``OUT_DIR/ckpt``.
+rank 0 alone writes the checkpoint under ``OUT_DIR/ckpt``. Then a second run
+stops at step 5 and resumes; its final weights go to ``OUT_DIR/rank{r}-resumed.*``.
 
 The model and data live here so the test can train the one-process reference
 on the whole batches with exactly the same definitions. No dropout, and a loss
@@ -78,6 +79,16 @@ def main(out: Path) -> None:
         "backend": str(torch.distributed.get_backend()),
         "history": history.to_dict(),
     }))
+
+    # Stopped at step 5 (rank 0's callback decides; rank 1's would have stopped at 2) and resumed from
+    # rank 0's checkpoint: the same weights as the uninterrupted run above, exactly.
+    part = train(make_model(), make_loader(), make_config(checkpoint_dir=out / "ckpt2"),
+                 callbacks=[lambda info: info["step"] == (5 if rank == 0 else 2)])
+    resumed_model = make_model()
+    train(resumed_model, make_loader(), make_config(checkpoint_dir=out / "ckpt2"), resume=True)
+    save_file({k: v.contiguous() for k, v in resumed_model.state_dict().items()},
+              str(out / f"rank{rank}-resumed.safetensors"))
+    (out / f"rank{rank}-stopped.json").write_text(json.dumps({"steps": len(part), "reason": part.stop_reason}))
     torch.distributed.destroy_process_group()
 
 

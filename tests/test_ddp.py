@@ -56,3 +56,10 @@ def test_two_processes_on_half_batches_match_one_process(tmp_path):
     assert load_checkpoint(tmp_path / "ckpt" / "last", model)["step"] == 12
     for k, v in model.state_dict().items():
         assert torch.equal(v, ranks[0][k])
+
+    # stopped at step 5 on every rank (rank 0 decides) and resumed under DDP: exactly the same weights
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"rank{r}-stopped.json").read_text()) == {"steps": 5, "reason": "callback"}
+        resumed = load_file(str(tmp_path / f"rank{r}-resumed.safetensors"))
+        for k in expected:
+            assert torch.equal(resumed[k], ranks[r][k]), f"rank {r} resumed differs on {k}"
