@@ -1,0 +1,213 @@
+"""Chapter 4: the pretraining heads against transformers, and the pretraining data pipeline."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from bertmini import hf, pretraining as P  # noqa: E402
+from bertmini.config import BertConfig  # noqa: E402
+from bertmini.heads import BertForMaskedLM, BertForPreTraining  # noqa: E402
+from bertmini.tokenization import BertTokenizer  # noqa: E402
+
+TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=40)
+
+
+def _hf_config(**kw):
+    return transformers.BertConfig(**{**TINY, **kw})
+
+
+def _batch(vocab=120, batch=3, seq=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq), generator=g)
+    types = torch.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0  # one padded row
+    labels = torch.where(torch.rand(batch, seq, generator=g) < 0.3, ids, torch.full_like(ids, -100))
+    labels[0, -4:] = -100
+    labels[1, 2] = ids[1, 2]  # at least one label
+    return ids, types, mask, labels, torch.tensor([0, 1, 0][:batch])
+
+
+@pytest.mark.parametrize("direction", ["from_hf", "to_hf"])
+def test_pretraining_logits_and_losses_match_transformers(direction):
+    torch.manual_seed(0)
+    if direction == "from_hf":
+        theirs = transformers.BertForPreTraining(_hf_config()).eval()
+        with torch.no_grad():  # non-zero biases, so a forgotten bias would show
+            theirs.cls.predictions.bias.normal_(0, 0.5)
+        ours = hf.from_hf(theirs).eval()
+    else:
+        ours = BertForPreTraining(BertConfig(**TINY)).eval()
+        with torch.no_grad():
+            ours.cls.predictions.bias.normal_(0, 0.5)
+            ours.cls.seq_relationship.bias.normal_(0, 0.5)
+        theirs = hf.to_hf(ours).eval()
+    assert isinstance(ours, BertForPreTraining)
+    ids, types, mask, labels, nsp = _batch()
+    mine = ours(ids, token_type_ids=types, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+    ref = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+    selected = labels != -100
+    assert mine.mlm_logits.shape == (int(selected.sum()), TINY["vocab_size"])  # only the masked rows
+    torch.testing.assert_close(mine.mlm_logits, ref.prediction_logits[selected], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    # Without labels, the head scores every position, like transformers.
+    dense = ours(ids, token_type_ids=types, attention_mask=mask)
+    torch.testing.assert_close(dense.mlm_logits, ref.prediction_logits, atol=1e-5, rtol=1e-5)
+    assert dense.loss is None
+
+
+def test_masked_lm_matches_transformers():
+    torch.manual_seed(1)
+    ours = BertForMaskedLM(BertConfig(**TINY)).eval()
+    with torch.no_grad():
+        ours.cls.predictions.bias.normal_(0, 0.5)
+    theirs = transformers.BertForMaskedLM(_hf_config()).eval()
+    state = ours.state_dict()
+    state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if "position_ids" not in k]
+    ids, types, mask, labels, _ = _batch(seed=3)
+    mine = ours(ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    ref = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(mine.mlm_logits, ref.logits[labels != -100], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    assert mine.nsp_logits is None
+
+
+def test_decoder_is_tied_and_stays_tied_through_training():
+    model = BertForPreTraining(BertConfig(**TINY))
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight is emb
+    assert float(emb[0].detach().abs().sum()) == 0.0  # the padding row, zero as BERT initialises it
+    ids, types, mask, labels, nsp = _batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(ids, types, mask, labels=labels, next_sentence_label=nsp).loss.backward()
+    opt.step()
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert len({id(p) for p in model.parameters()}) == len(list(model.parameters()))
+
+
+def test_checkpoint_round_trip_keeps_the_tie(tmp_path):
+    from bertmini.train import load_checkpoint, save_checkpoint
+
+    model = BertForPreTraining(BertConfig(**TINY))
+    save_checkpoint(tmp_path / "ckpt", model)
+    fresh = BertForPreTraining(BertConfig(**TINY))
+    load_checkpoint(tmp_path / "ckpt", fresh)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+
+
+def test_losses_are_optional_and_nsp_alone_works():
+    model = BertForPreTraining(BertConfig(**TINY)).eval()
+    ids, types, mask, labels, nsp = _batch()
+    only_mlm = model(ids, types, mask, labels=labels)
+    assert only_mlm.nsp_loss is None and torch.equal(only_mlm.loss, only_mlm.mlm_loss)
+    only_nsp = model(ids, types, mask, next_sentence_label=nsp)
+    assert only_nsp.mlm_loss is None and torch.equal(only_nsp.loss, only_nsp.nsp_loss)
+    assert 0.0 <= float(only_mlm.mlm_accuracy) <= 1.0
+
+
+def test_bad_labels_get_clear_errors():
+    model = BertForPreTraining(BertConfig(**TINY))
+    ids, types, mask, labels, nsp = _batch()
+    with pytest.raises(ValueError, match="labels has shape"):
+        model(ids, labels=labels[:, :-1])
+    with pytest.raises(ValueError, match="different vocabulary"):
+        model(ids, labels=torch.full_like(ids, 500))
+    with pytest.raises(ValueError, match="next_sentence_label"):
+        model(ids, next_sentence_label=torch.tensor([0, 2, 1]))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_split_sentences():
+    text = ("Arthur C. Clarke co-wrote it with Dr. Kubrick. It was released in 1968! "
+            "Was it a success? \"Yes.\" The film cost $10.5 million.")
+    assert P.split_sentences(text) == [
+        "Arthur C. Clarke co-wrote it with Dr. Kubrick.", "It was released in 1968!", "Was it a success?",
+        "\"Yes.\"", "The film cost $10.5 million."]
+    assert P.split_sentences("") == []
+    with pytest.raises(TypeError):
+        P.split_sentences(None)
+
+
+def _docs(n_docs=40, n_sent=5, length=6):
+    # token id = 1000 * doc + 10 * sentence + position: the pair shows where each half came from
+    return [[[1000 * d + 10 * s + p for p in range(length)] for s in range(n_sent)] for d in range(n_docs)]
+
+
+def _origin(segment):
+    return {(t // 1000, t % 1000 // 10) for t in segment}
+
+
+@pytest.mark.parametrize("negatives", P.NEGATIVES)
+def test_nsp_pairs_follow_or_not(negatives):
+    pairs = P.make_nsp_pairs(_docs(), max_length=32, seed=0, negatives=negatives)
+    labels = [lab for _, _, lab in pairs]
+    assert 0.35 < sum(labels) / len(labels) < 0.65  # about half NotNext
+    for a, b, label in pairs:
+        assert len(a) + len(b) <= 32 - 3 and a and b
+        (da, sa_last) = max(_origin(a))
+        (db, sb_first) = min(_origin(b))
+        if label == P.IS_NEXT:
+            assert db == da and sb_first == sa_last + 1  # B starts right after A ends
+        elif negatives == "other_article":
+            assert db != da
+        else:  # same article, B is what came just before A
+            (da_first, sa_first) = min(_origin(a))
+            assert db == da and max(_origin(b))[1] == sa_first - 1
+
+
+def test_nsp_pairs_are_deterministic_and_truncated():
+    docs = _docs(n_docs=10, n_sent=3, length=30)  # sentences longer than half the budget
+    one = P.make_nsp_pairs(docs, max_length=40, seed=5)
+    assert one == P.make_nsp_pairs(docs, max_length=40, seed=5)
+    assert one != P.make_nsp_pairs(docs, max_length=40, seed=6)
+    assert all(len(a) + len(b) <= 37 for a, b, _ in one)
+    with pytest.raises(ValueError, match="negatives"):
+        P.make_nsp_pairs(docs, negatives="random")
+    with pytest.raises(ValueError, match="two non-empty"):
+        P.make_nsp_pairs(docs[:1])
+
+
+def _toy_tokenizer():
+    return BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(60)])
+
+
+def test_tensors_and_masked_batches():
+    tok = _toy_tokenizer()
+    pairs = [([5, 6, 7], [8, 9], 0), ([10], [11, 12, 13, 14], 1)] * 8
+    data = P.PretrainingData.from_pairs(pairs, tok, max_length=12)
+    assert data.input_ids[0].tolist() == [2, 5, 6, 7, 3, 8, 9, 3, 0, 0, 0, 0]
+    assert data.token_type_ids[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
+    assert data.special_tokens_mask[0].tolist() == [1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1]
+    stream = P.MaskedBatches(data, tok, batch_size=4, mlm_probability=0.5)
+    torch.manual_seed(0)
+    batches = list(stream)
+    assert len(batches) == 4
+    for b in batches:
+        assert b["input_ids"].shape[1] == 8  # cut to the longest row, no padding columns
+        assert set(b) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}
+    # [CLS], [SEP] and padding are never selected; something is
+    all_labels = torch.cat([b["labels"] for b in batches])
+    assert not torch.isin(all_labels, torch.tensor([0, 2, 3])).any()
+    assert (all_labels != -100).any()
+    no_nsp = P.MaskedBatches(data, tok, 4, use_nsp=False).mask(data.batch(torch.arange(4)))
+    assert "next_sentence_label" not in no_nsp
+    # masking draws from the global random state, which train() owns: same seed, same batches
+    torch.manual_seed(0)
+    again = list(stream)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again))
+    with pytest.raises(ValueError, match="batch_size"):
+        P.MaskedBatches(data, tok, batch_size=100)
