@@ -37,6 +37,7 @@ Not handled:
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import re
 import time
@@ -512,6 +513,27 @@ def count_words(texts: Iterable[str], progress: bool = False) -> Counter:
     return counts
 
 
+def _likelihood(c_ab: int, c_a: int, c_b: int, n: int) -> float:
+    return c_ab / (c_a * c_b)
+
+
+def _gain(c_ab: int, c_a: int, c_b: int, n: int) -> float:
+    return c_ab * math.log(c_ab * n / (c_a * c_b))
+
+
+def _count(c_ab: int, c_a: int, c_b: int, n: int) -> float:
+    return float(c_ab)
+
+
+# How a merge candidate is scored, from count(ab), count(a), count(b) and the
+# number n of symbols in the corpus before training.
+SCORES = {
+    "likelihood": _likelihood,  # count(ab) / (count(a) count(b)): the textbook WordPiece score
+    "gain": _gain,              # count(ab) * log(count(ab) n / (count(a) count(b))): log-likelihood gain
+    "count": _count,            # count(ab): BPE's rule, which tokenizers' WordPieceTrainer uses
+}
+
+
 @dataclass
 class Merge:
     """One training step: ``left + right -> token``, with the score that won."""
@@ -541,7 +563,11 @@ class WordPieceTrainer:
     """
 
     def __init__(self, vocab_size: int = 8000, min_frequency: int = 2,
-                 special_tokens: Sequence[str] = SPECIAL_TOKENS, limit_alphabet: int | None = None):
+                 special_tokens: Sequence[str] = SPECIAL_TOKENS, limit_alphabet: int | None = None,
+                 score: str = "gain"):
+        if score not in SCORES:
+            raise ValueError(f"score={score!r}; choose one of {list(SCORES)}.")
+        self.score = score
         if not isinstance(vocab_size, int) or vocab_size <= len(special_tokens):
             raise ValueError(f"vocab_size={vocab_size!r} must be an int larger than the "
                              f"{len(special_tokens)} special tokens.")
@@ -599,7 +625,9 @@ class WordPieceTrainer:
             partners.setdefault(p[1], set()).add(p)
 
         min_freq = self.min_frequency
-        heap = [(-c / (unit[p[0]] * unit[p[1]]), -c, p) for p, c in pairs.items() if c >= min_freq]
+        n0 = sum(unit.values())
+        score = SCORES[self.score]
+        heap = [(-score(c, unit[p[0]], unit[p[1]], n0), -c, p) for p, c in pairs.items() if c >= min_freq]
         heapq.heapify(heap)
 
         bar = None
@@ -611,7 +639,7 @@ class WordPieceTrainer:
         while len(symbols) < target and heap:
             neg_score, neg_count, p = heapq.heappop(heap)
             c = pairs.get(p, 0)
-            if c != -neg_count or c < min_freq or -neg_score != c / (unit[p[0]] * unit[p[1]]):
+            if c != -neg_count or c < min_freq or -neg_score != score(c, unit[p[0]], unit[p[1]], n0):
                 continue  # out of date: a fresher entry for this pair is in the heap
             a, b = p
             right = symbols[b]
@@ -673,14 +701,14 @@ class WordPieceTrainer:
                     partners.setdefault(q[1], set()).add(q)
             # Pairs sharing a unit whose count fell now score higher: push them again.
             for s, d in unit_delta.items():
-                if d < 0 and unit[s] > 0:
+                if d < 0 and unit[s] > 0 and self.score != "count":
                     touched |= partners.get(s, set())
             for q in touched:
                 cq = pairs.get(q, 0)
                 if cq >= min_freq:
-                    heapq.heappush(heap, (-cq / (unit[q[0]] * unit[q[1]]), -cq, q))
+                    heapq.heappush(heap, (-score(cq, unit[q[0]], unit[q[1]], n0), -cq, q))
             if len(heap) > 4 * len(pairs) + 100_000:   # drop stale entries now and then
-                heap = [(-cq / (unit[q[0]] * unit[q[1]]), -cq, q) for q, cq in pairs.items() if cq >= min_freq]
+                heap = [(-score(cq, unit[q[0]], unit[q[1]], n0), -cq, q) for q, cq in pairs.items() if cq >= min_freq]
                 heapq.heapify(heap)
         if bar is not None:
             bar.close()
@@ -690,14 +718,14 @@ class WordPieceTrainer:
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
                     special_tokens: Sequence[str] = SPECIAL_TOKENS, limit_alphabet: int | None = None,
-                    progress: bool = False) -> list[str]:
+                    score: str = "gain", progress: bool = False) -> list[str]:
     """Train a WordPiece vocabulary on ``texts``; returns the list of pieces
     (id = position: special tokens, alphabet, merges), ready for
     ``BertTokenizer(pieces)``. Use :class:`WordPieceTrainer` to see the merges."""
     if isinstance(texts, str):
         raise TypeError("train_wordpiece expects a list of texts, not one string; wrap it: [text].")
     counts = count_words(texts, progress=progress)
-    trainer = WordPieceTrainer(vocab_size, min_frequency, special_tokens, limit_alphabet)
+    trainer = WordPieceTrainer(vocab_size, min_frequency, special_tokens, limit_alphabet, score)
     return trainer.train(counts, progress=progress)
 
 
