@@ -30,7 +30,7 @@ shuffle order and any random masking in a collator depend only on the seed and
 the position in the stream: not on dropout, not on ``eval_fn``, not on a
 restart. That is what makes resume exact.
 
-**Data parallel.** Under ``torchrun`` every process reads the same stream and
+**Data parallel.** Under ``torchrun`` every process seeds alike, reads the same stream and
 keeps its own contiguous slice of every batch (so a global batch of 32 on two
 processes is 16 + 16); DDP averages the gradients, which equals the one-process
 gradient when the loss is a mean over examples and the batch splits evenly. A
@@ -602,17 +602,20 @@ def load_checkpoint(
     scheduler: Any = None,
 ) -> dict[str, Any]:
     """Load a directory written by :func:`save_checkpoint` into ``model`` (and the
-    optimizer and scheduler if given). Keys or shapes that do not match raise
+    optimizer and scheduler if given); a ``train()`` ``checkpoint_dir`` means its
+    latest checkpoint, ``<checkpoint_dir>/last``. Keys or shapes that do not match raise
     :class:`CheckpointMismatchError` naming them, before anything is changed.
 
     Returns ``{"step", "history" (a History or None), "extra", "rng"}``; the global
     random state is *not* restored here (``train(resume=True)`` does that).
     """
     path = Path(path)
+    if not (path / MODEL_FILE).is_file() and (path / LAST / MODEL_FILE).is_file():
+        path = path / LAST  # a train() checkpoint_dir: its latest checkpoint
     model_file = path / MODEL_FILE
     if not model_file.is_file():
-        hint = " (train() keeps its checkpoint in <checkpoint_dir>/last)" if (path / LAST).is_dir() else ""
-        raise FileNotFoundError(f"no checkpoint at {path}: {MODEL_FILE} is missing{hint}")
+        raise FileNotFoundError(f"no checkpoint at {path}: {MODEL_FILE} is missing (give the directory "
+                                "save_checkpoint wrote, or a train() checkpoint_dir)")
     with safe_open(str(model_file), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
         stored = {k: f.get_tensor(k) for k in f.keys()}
@@ -903,8 +906,10 @@ def train(
 
     ddp_model: nn.Module = model
     if dist_info.enabled:
+        # find_unused_parameters: a head the loss does not use (the NSP head when training MLM
+        # alone) gets no gradient, which DDP otherwise takes for a bug (as transformers' Trainer)
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     shard = dist_info.enabled and not isinstance(
         stream.sampler, torch.utils.data.distributed.DistributedSampler)
 
@@ -1003,6 +1008,12 @@ def train(
                         raise ValueError(
                             "the model returned no scalar .loss: put the labels in the batch "
                             f"(batch keys: {sorted(batch)}) and make forward() return an output with .loss"
+                        )
+                    if dist_info.enabled and not (isinstance(output, (Mapping, tuple, list))
+                                                  or dataclasses.is_dataclass(output)):
+                        raise TypeError(
+                            f"under torchrun the model must return a dataclass, dict or tuple (got "
+                            f"{type(output).__name__}): DDP looks inside it for the tensors the loss used"
                         )
                     scaled = loss.float() / config.grad_accum_steps
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,9 +29,9 @@ from bertmini.train import TrainConfig, train
 GLOBAL_BATCH = 16
 
 
-class Out:
-    def __init__(self, loss):
-        self.loss = loss
+@dataclass
+class Out:  # a dataclass (or dict, or tuple): DDP looks inside for the tensors the loss used
+    loss: torch.Tensor
 
 
 class Net(nn.Module):
@@ -39,6 +40,7 @@ class Net(nn.Module):
         self.dense = nn.Linear(8, 32)
         self.LayerNorm = nn.LayerNorm(32)
         self.out = nn.Linear(32, 1)
+        self.unused_head = nn.Linear(32, 2)  # like the NSP head when training MLM alone: no gradient
 
     def forward(self, x, y):
         pred = self.out(self.LayerNorm(torch.tanh(self.dense(x)))).squeeze(-1)

@@ -176,6 +176,13 @@ def test_train_learns_and_records_history():
     assert History.from_dict(json.loads(json.dumps(d))).to_dict() == d
     assert hist.series("mse_loss")[1] == pytest.approx(hist.losses)
     assert len(hist.smoothed("loss", 5)[1]) == 40 and not model.training
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = hist.plot("mse_loss", window=5)
+    assert ax.get_xlabel() == "optimizer step" and ax.get_title() and len(ax.lines[0].get_xdata()) == 40
+    with pytest.raises(KeyError, match="recorded"):
+        hist.series("nsp_loss")
 
 
 def test_grad_accumulation_equals_the_big_batch():
@@ -227,7 +234,7 @@ def test_max_time_s_stops_cleanly(tmp_path):
                  eval_fn=lambda m: {"done": 1.0})
     assert hist.stop_reason == "max_time_s" and 3 <= len(hist) < 100
     assert hist.evals[-1]["step"] == len(hist)
-    assert load_checkpoint(tmp_path / "last", Slow())["step"] == len(hist)
+    assert load_checkpoint(tmp_path, Slow())["step"] == len(hist)  # a checkpoint_dir means its last one
 
 
 # ------------------------------------------------------------------ exact resume
