@@ -369,3 +369,181 @@ def nearest_tokens(model, tokenizer, word: str, k: int = 5) -> list[tuple[str, f
     sims[tokenizer.all_special_ids] = -2.0
     top = sims.topk(k)
     return [(tokenizer.ids_to_tokens[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One pretraining run: the model, the data and the optimisation, all in one place.
+
+    ``size`` is a :meth:`BertConfig.preset` name; the vocabulary size comes from the
+    tokenizer and ``max_position_embeddings`` from ``max_length``. Everything is fixed
+    in steps, not seconds, so a run is the same on every machine (only its duration
+    changes).
+    """
+
+    size: str = "tiny"
+    max_length: int = 64
+    copies: int = 2
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    weight_decay: float = 0.01
+    mlm_probability: float = 0.15
+    use_nsp: bool = True
+    negatives: str = "other_article"
+    eval_every: int = 100
+    eval_pairs: int = 1024
+    amp: str | None = "auto"
+    seed: int = 0
+
+    def config(self, vocab_size: int) -> BertConfig:
+        return BertConfig.preset(self.size, vocab_size=vocab_size, max_position_embeddings=self.max_length)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown Recipe field(s) {sorted(unknown)}; fields: {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+
+def _recipes() -> dict[str, Recipe]:
+    return {
+        # The book's model: BERT's architecture at Google's "tiny" size, 64-token pairs.
+        "book": runtime.by_profile(
+            cpu=Recipe(),
+            gpu=Recipe(size="mini", max_length=128, copies=5, batch_size=128, lr=1e-3, warmup_steps=1000,
+                       max_steps=20_000, eval_every=500, eval_pairs=4096)),
+        # A few seconds, for tests and smoke runs; learns next to nothing.
+        "smoke": Recipe(copies=1, batch_size=16, max_steps=20, warmup_steps=5, eval_every=10, eval_pairs=64),
+    }
+
+
+def recipe(preset: str = "book", **changes: Any) -> Recipe:
+    """The recipe called ``preset`` (``"book"``: the book's model at the current profile;
+    ``"smoke"``: a few seconds), with any field changed: ``recipe("book", use_nsp=False)``."""
+    presets = _recipes()
+    if preset not in presets:
+        raise ValueError(f"unknown pretraining preset {preset!r}; choose one of {sorted(presets)}")
+    return presets[preset].replace(**changes) if changes else presets[preset]
+
+
+@dataclass
+class PretrainRun:
+    """What :func:`pretrain` returns: the trained model and how it got there."""
+
+    model: BertForPreTraining
+    tokenizer: Any
+    history: Any  # bertmini.train.History
+    recipe: Recipe
+    results: dict[str, float]
+
+
+def pretrain(rcp: Recipe | str = "book", *, tokenizer=None, train_data: PretrainingData | None = None,
+             eval_batches: Sequence[dict[str, torch.Tensor]] | None = None, progress: bool = True,
+             desc: str = "pretrain") -> PretrainRun:
+    """Pretrain a fresh :class:`BertForPreTraining` as ``rcp`` says, with :func:`bertmini.train.train`.
+
+    ``tokenizer`` defaults to the chapter-1 vocabulary (``load_or_train_vocab(8000)``);
+    ``train_data`` to the NSP pairs of the training articles and ``eval_batches`` to
+    the held-out (validation) articles with a fixed mask; pass them to reuse them
+    across runs. Held-out MLM accuracy (and NSP accuracy) is measured every
+    ``rcp.eval_every`` steps on ``rcp.eval_pairs`` pairs, and on all of them at the end
+    (``results``). Deterministic for a given recipe.
+    """
+    from .tokenization import load_or_train_vocab
+    from .train import TrainConfig, train
+
+    rcp = recipe(rcp) if isinstance(rcp, str) else rcp
+    tokenizer = tokenizer if tokenizer is not None else load_or_train_vocab(8000, progress=progress)
+    if train_data is None:
+        train_data = pretraining_data("train", tokenizer, rcp.max_length, copies=rcp.copies, seed=rcp.seed,
+                                      negatives=rcp.negatives)
+    if eval_batches is None:
+        eval_batches = fixed_masked_batches(
+            pretraining_data("validation", tokenizer, rcp.max_length, seed=rcp.seed + 1, negatives=rcp.negatives),
+            tokenizer, mlm_probability=rcp.mlm_probability)
+    if train_data.input_ids.shape[1] > rcp.max_length:
+        raise ValueError(f"train_data has {train_data.input_ids.shape[1]}-token rows but the recipe's "
+                         f"max_length is {rcp.max_length}; build the data with max_length={rcp.max_length}")
+    n_eval = max(1, -(-rcp.eval_pairs // eval_batches[0]["input_ids"].shape[0]))
+    runtime.seed_everything(rcp.seed)
+    model = BertForPreTraining(rcp.config(len(tokenizer)))
+    config = TrainConfig(lr=rcp.lr, weight_decay=rcp.weight_decay, warmup_steps=rcp.warmup_steps,
+                         max_steps=rcp.max_steps, amp=rcp.amp, eval_every=rcp.eval_every, seed=rcp.seed,
+                         progress=progress, desc=desc)
+    stream = MaskedBatches(train_data, tokenizer, rcp.batch_size, mlm_probability=rcp.mlm_probability,
+                           use_nsp=rcp.use_nsp)
+    history = train(model, stream, config, eval_fn=lambda m: evaluate(m, eval_batches[:n_eval]))
+    results = evaluate(model, eval_batches)
+    results["train_seconds"] = history.elapsed
+    results["steps"] = len(history)
+    return PretrainRun(model.eval(), tokenizer, history, rcp, results)
+
+
+def pretrained_dir(preset: str = "book") -> Path:
+    """Where :func:`load_or_pretrain` keeps a preset: ``<cache>/pretrained/<preset>-<profile>/``."""
+    return runtime.cache_dir() / "pretrained" / f"{preset}-{runtime.profile()}"
+
+
+def save_pretrained(run: PretrainRun, directory: str | Path) -> Path:
+    """Save a run as a directory: ``model.safetensors`` (+ training state with the history,
+    via :func:`bertmini.train.save_checkpoint`), ``config.json``, ``vocab.txt``, ``recipe.json``.
+    ``bertmini.hf.load_pretrained(directory)`` reads its encoder."""
+    from .train import save_checkpoint
+
+    directory = Path(directory)
+    save_checkpoint(directory, run.model, step=len(run.history), history=run.history,
+                    extra={"recipe": dataclasses.asdict(run.recipe), "results": dict(run.results)})
+    runtime.atomic_write_bytes(directory / "recipe.json", json.dumps(dataclasses.asdict(run.recipe), indent=1).encode())
+    run.tokenizer.save(directory / "vocab.txt")
+    run.model.config.to_json(directory / "config.json")  # written last: its presence marks a complete save
+    return directory
+
+
+def load_saved(directory: str | Path) -> tuple[BertForPreTraining, Any, Any, dict[str, float]]:
+    """Read a directory written by :func:`save_pretrained`: ``(model, tokenizer, history, results)``."""
+    from .tokenization import BertTokenizer
+    from .train import load_checkpoint
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"no complete pretrained model in {directory} (config.json missing); "
+                                "train one with load_or_pretrain() or save_pretrained()")
+    model = BertForPreTraining(BertConfig.from_json(directory / "config.json"))
+    state = load_checkpoint(directory, model)
+    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
+    return model.eval(), tokenizer, state["history"], dict(state["extra"].get("results", {}))
+
+
+def load_or_pretrain(preset: str = "book", *, progress: bool = True, retrain: bool = False
+                     ) -> tuple[BertForPreTraining, Any]:
+    """The book's pretrained model and its tokenizer: ``model, tokenizer = load_or_pretrain()``.
+
+    Loads ``pretrained_dir(preset)`` if it holds a model, else pretrains it with
+    :func:`pretrain` (deterministic; at the cpu profile about five minutes on two
+    cores, with a progress bar) and saves it there first. ``retrain=True`` trains
+    again even if a model is cached. The model is a :class:`BertForPreTraining` in
+    eval mode; ``model.bert`` is the encoder for fine-tuning. The history and
+    held-out results of the run are in :func:`load_pretraining_history`.
+    """
+    directory = pretrained_dir(preset)
+    if not retrain and (directory / "config.json").is_file():
+        try:
+            model, tokenizer, _, _ = load_saved(directory)
+            return model, tokenizer
+        except (OSError, ValueError) as e:  # a damaged cache: train again
+            if progress:
+                print(f"could not load {directory} ({e}); pretraining again")
+    run = pretrain(preset, progress=progress, desc=f"pretrain {preset}")
+    save_pretrained(run, directory)
+    return run.model, run.tokenizer
+
+
+def load_pretraining_history(preset: str = "book") -> tuple[Any, dict[str, float]]:
+    """``(history, results)`` of the cached run of ``preset`` (train it first with :func:`load_or_pretrain`)."""
+    _, _, history, results = load_saved(pretrained_dir(preset))
+    return history, results
