@@ -89,6 +89,9 @@ MODEL_FILE = "model.safetensors"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 LAST = "last"  # train() keeps the latest checkpoint in <checkpoint_dir>/last
+# the TrainConfig fields a resumed run must share with the saved one to retrace it exactly
+TRAJECTORY_FIELDS = ("lr", "weight_decay", "warmup_ratio", "warmup_steps", "max_steps", "epochs",
+                     "grad_accum_steps", "max_grad_norm", "amp", "seed")
 
 
 # --------------------------------------------------------------------------- config
@@ -894,6 +897,12 @@ def train(
         history = state["history"] or History()
         history.stop_reason = None
         elapsed_before = history.elapsed
+        saved_config = state["extra"].get("config") or {}
+        changed = sorted(k for k in TRAJECTORY_FIELDS
+                         if k in saved_config and saved_config[k] != config.to_dict()[k])
+        if changed:
+            warnings.warn(f"resuming {resume_path} with a different {', '.join(changed)} than it was saved "
+                          "with: training continues, but will not match an uninterrupted run", stacklevel=2)
         if state["data"] is not None:
             stream.load_state(state["data"])
         if scaler is not None and "grad_scaler" in state["extra"]:

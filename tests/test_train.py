@@ -273,6 +273,9 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(tmp_path):
     again = train(fresh_model(dropout=0.3), regression_loader(n=40), config(**cfg, checkpoint_dir=tmp_path),
                   resume=True)
     assert again.steps == full.steps
+    with pytest.warns(UserWarning, match="different lr"):
+        train(fresh_model(dropout=0.3), regression_loader(n=40),
+              config(**{**cfg, "max_steps": 18}, lr=1e-3, checkpoint_dir=tmp_path), resume=True)
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
