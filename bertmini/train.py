@@ -38,9 +38,17 @@ gradient when the loss is a mean over examples and the batch splits evenly. A
 already) and gets ``set_epoch`` called. Only rank 0 shows progress, evaluates
 and writes checkpoints; the history's losses are averaged over processes.
 
+Under DDP the model's output must be a dataclass, dict or tuple (DDP searches it
+for the tensors the loss used). A loss averaged over *tokens* (MLM) weighs the
+two halves by their own token counts, so DDP's mean of the halves is close to,
+not equal to, the one-process loss. ``nccl`` on GPUs follows the same code path
+as ``gloo`` but is tested only on the CPU here.
+
 Not handled: ``torch.compile``-d models in checkpoints (save ``model._orig_mod``),
-model parallelism, schedules other than linear, and iterable data whose length
-is unknown together with ``epochs`` (give ``max_steps``).
+model parallelism, schedules other than linear, iterable data whose length is
+unknown together with ``epochs`` (give ``max_steps``), and collators that draw
+random numbers on the GPU (the data's own random state covers the CPU generators
+of torch, Python and NumPy).
 """
 from __future__ import annotations
 
