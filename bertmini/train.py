@@ -48,7 +48,9 @@ Not handled: ``torch.compile``-d models in checkpoints (save ``model._orig_mod``
 model parallelism, schedules other than linear, iterable data whose length is
 unknown together with ``epochs`` (give ``max_steps``), and collators that draw
 random numbers on the GPU (the data's own random state covers the CPU generators
-of torch, Python and NumPy).
+of torch, Python and NumPy), and ``DataLoader(persistent_workers=True)`` (its
+workers carry their random state from epoch to epoch, where a resume cannot reach
+it; ordinary ``num_workers > 0`` resumes exactly).
 """
 from __future__ import annotations
 
