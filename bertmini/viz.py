@@ -133,18 +133,20 @@ def masking_explorer(tokenizer, text: str, mlm_probability: float = 0.15, seed: 
     out = widgets.Output()
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            try:
-                r = mask_sentence(tokenizer, text_w.value, p_w.value, int(seed_w.value), ww_w.value)
-            except (ValueError, TypeError) as e:  # e.g. an empty sentence: say so, keep the widget alive
-                print(f"cannot mask this input: {e}")
-                return
-            n_sel = sum(k in ("[MASK]", "random", "kept") for k in r["kinds"])
-            n_ok = sum(k != "special" for k in r["kinds"])
-            plot_masked_rows([("", r)], title=f"{n_sel} of {n_ok} tokens selected "
-                             f"(p={p_w.value:.2f}, seed={seed_w.value}{', whole-word' if ww_w.value else ''})")
-            plt.show()
+        # Fill the Output widget directly (not `with out:`), so it also works, and keeps its
+        # figure, where no front end routes captured output (nbclient, a built book).
+        out.outputs = ()
+        try:
+            r = mask_sentence(tokenizer, text_w.value, p_w.value, int(seed_w.value), ww_w.value)
+        except (ValueError, TypeError) as e:  # e.g. an empty sentence: say so, keep the widget alive
+            out.append_stdout(f"cannot mask this input: {e}\n")
+            return
+        n_sel = sum(k in ("[MASK]", "random", "kept") for k in r["kinds"])
+        n_ok = sum(k != "special" for k in r["kinds"])
+        ax = plot_masked_rows([("", r)], title=f"{n_sel} of {n_ok} tokens selected "
+                              f"(p={p_w.value:.2f}, seed={seed_w.value}{', whole-word' if ww_w.value else ''})")
+        out.append_display_data(ax.figure)
+        plt.close(ax.figure)
 
     for w in (text_w, p_w, seed_w, ww_w):
         w.observe(redraw, names="value")
@@ -152,3 +154,108 @@ def masking_explorer(tokenizer, text: str, mlm_probability: float = 0.15, seed: 
     redraw()
     display(box)
     return box
+
+
+# --------------------------------------------------------------------------- attention (chapter 3)
+
+
+def _as_matrix(weights) -> "torch.Tensor":
+    w = torch.as_tensor(weights).detach().float().cpu()
+    if w.dim() != 2:
+        raise ValueError(f"expected one (queries, keys) attention matrix, got shape {tuple(w.shape)}; "
+                         "pick a batch row, layer and head first, e.g. out.attentions[layer][0, head]")
+    return w
+
+
+def plot_attention(weights, tokens: Sequence[str], key_tokens: Sequence[str] | None = None,
+                   title: str = "Attention weights", ax=None, annotate: bool | None = None,
+                   colorbar: bool = True, vmax: float | None = None, cmap: str = "viridis"):
+    """Heatmap of one attention matrix: row = the query token (who looks),
+    column = the key token (looked at); each row sums to 1.
+
+    ``annotate`` writes the weights in the cells (default: only for up to 8 tokens).
+    """
+    w = _as_matrix(weights)
+    key_tokens = list(tokens) if key_tokens is None else list(key_tokens)
+    if tuple(w.shape) != (len(tokens), len(key_tokens)):
+        raise ValueError(f"weights have shape {tuple(w.shape)} but there are {len(tokens)} query and "
+                         f"{len(key_tokens)} key tokens")
+    if ax is None:
+        side = max(3.0, 0.32 * max(len(tokens), len(key_tokens)) + 1.5)
+        _, ax = plt.subplots(figsize=(side + (1 if colorbar else 0), side))
+    im = ax.imshow(w.numpy(), cmap=cmap, vmin=0.0, vmax=vmax if vmax is not None else max(float(w.max()), 1e-6))
+    ax.set_xticks(range(len(key_tokens)), key_tokens, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=8)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title, fontsize=10)
+    if annotate is None:
+        annotate = len(tokens) <= 8
+    if annotate:
+        top = float(w.max()) or 1.0
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if w[i, j] > 0.6 * top else "white")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+    return ax
+
+
+def plot_attention_heads(layer_weights, tokens: Sequence[str], heads: Sequence[int] | None = None,
+                         ncols: int = 4, title: str = "Attention per head", head_labels=None,
+                         vmax: float | None = None):
+    """Small multiples: one heatmap per head of one layer, on one shared colour scale
+    (``vmax``, default the largest weight shown) so that heads compare fairly.
+    ``layer_weights`` is ``(heads, seq, seq)`` (or ``(1, heads, seq, seq)``, a batch of one)."""
+    w = torch.as_tensor(layer_weights).detach().float().cpu()
+    if w.dim() == 4:
+        if w.shape[0] != 1:
+            raise ValueError(f"expected a batch of one, got batch size {w.shape[0]}; pass out.attentions[layer][i]")
+        w = w[0]
+    if w.dim() != 3:
+        raise ValueError(f"expected (heads, seq, seq), got shape {tuple(w.shape)}")
+    heads = list(range(w.shape[0])) if heads is None else list(heads)
+    vmax = float(w[heads].max()) if vmax is None else vmax
+    nrows = (len(heads) + ncols - 1) // ncols
+    cell = 0.22 * len(tokens) + 1.2
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell + 1.0, nrows * cell + 0.8), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(heads):
+            ax.axis("off")
+            continue
+        label = head_labels[k] if head_labels is not None else f"head {heads[k]}"
+        plot_attention(w[heads[k]], tokens, title=label, ax=ax, annotate=False, colorbar=False, vmax=vmax)
+        if k % ncols:
+            ax.set_ylabel("")
+            ax.set_yticks([])
+        if k < len(heads) - ncols:
+            ax.set_xlabel("")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.96 if nrows > 1 else 0.92))
+    cax = fig.add_axes((0.945, 0.2, 0.012, 0.6))
+    fig.colorbar(axes.flat[0].images[0], cax=cax, label="weight")
+    return fig
+
+
+def head_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = None, **kwargs):
+    """bertviz's interactive ``head_view`` on bertmini's own attention probabilities.
+
+    ``attentions`` is ``BertModelOutput.attentions`` (one ``(1, heads, seq, seq)``
+    tensor per layer, from ``model(..., output_attentions=True)`` on a batch of one)
+    or the output itself. It writes HTML and JavaScript that needs a running
+    notebook front end and loads require.js/d3 from a CDN; use
+    :func:`plot_attention_heads` for a figure that renders anywhere.
+    """
+    from bertviz import head_view as _head_view
+
+    if hasattr(attentions, "attentions"):
+        attentions = attentions.attentions
+    if attentions is None:
+        raise ValueError("no attention probabilities: call the model with output_attentions=True")
+    attentions = tuple(a.detach().float().cpu() for a in attentions)
+    if attentions[0].dim() != 4 or attentions[0].shape[0] != 1:
+        raise ValueError(f"head_view shows a batch of one; got attention of shape {tuple(attentions[0].shape)}")
+    if attentions[0].shape[-1] != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens for attention over {attentions[0].shape[-1]} positions")
+    return _head_view(attentions, list(tokens), sentence_b_start=sentence_b_start, **kwargs)
