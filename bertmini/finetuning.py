@@ -580,8 +580,11 @@ def encode_qa(tokenizer, questions: Sequence[str], contexts: Sequence[str],
             _check_answer(i, context, text, start)
             end = start + len(text)
             # the answer's first and last token in the context (offsets are characters)
-            a_first = next(t for t, (s, e) in enumerate(c_offsets) if e > start)
-            a_last = max(t for t, (s, e) in enumerate(c_offsets) if s < end)
+            covered = [t for t, (s, e) in enumerate(c_offsets) if e > start and s < end]
+            if not covered:
+                raise ValueError(f"QA example {i}: no token of the context covers the answer {text!r} "
+                                 "(it is only white space or characters the tokenizer drops)")
+            a_first, a_last = covered[0], covered[-1]
         w_start = 0
         while True:
             w_end = min(w_start + room, len(c_ids))
