@@ -387,21 +387,23 @@ class Recipe:
     size: str = "tiny"
     max_length: int = 64
     copies: int = 2
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 200
-    max_steps: int = 2000
+    max_steps: int = 4000
     weight_decay: float = 0.01
+    dropout: float = 0.0
     mlm_probability: float = 0.15
     use_nsp: bool = True
     negatives: str = "other_article"
-    eval_every: int = 100
+    eval_every: int = 200
     eval_pairs: int = 1024
     amp: str | None = "auto"
     seed: int = 0
 
     def config(self, vocab_size: int) -> BertConfig:
-        return BertConfig.preset(self.size, vocab_size=vocab_size, max_position_embeddings=self.max_length)
+        return BertConfig.preset(self.size, vocab_size=vocab_size, max_position_embeddings=self.max_length,
+                                 hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.dropout)
 
     def replace(self, **changes: Any) -> "Recipe":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -410,22 +412,29 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
-def _recipes() -> dict[str, Recipe]:
+def _recipes(profile: str) -> dict[str, Recipe]:
+    book = {
+        # The book's model: BERT's architecture at Google's "tiny" size (2 layers x 128),
+        # 64-token pairs, as many optimizer steps as a few CPU minutes allow.
+        "cpu": Recipe(),
+        "gpu": Recipe(size="mini", max_length=128, copies=5, batch_size=128, lr=1e-3, warmup_steps=1000,
+                      max_steps=20_000, dropout=0.1, eval_every=500, eval_pairs=4096),
+    }[profile]
     return {
-        # The book's model: BERT's architecture at Google's "tiny" size, 64-token pairs.
-        "book": runtime.by_profile(
-            cpu=Recipe(),
-            gpu=Recipe(size="mini", max_length=128, copies=5, batch_size=128, lr=1e-3, warmup_steps=1000,
-                       max_steps=20_000, eval_every=500, eval_pairs=4096)),
+        "book": book,
         # A few seconds, for tests and smoke runs; learns next to nothing.
         "smoke": Recipe(copies=1, batch_size=16, max_steps=20, warmup_steps=5, eval_every=10, eval_pairs=64),
     }
 
 
-def recipe(preset: str = "book", **changes: Any) -> Recipe:
-    """The recipe called ``preset`` (``"book"``: the book's model at the current profile;
-    ``"smoke"``: a few seconds), with any field changed: ``recipe("book", use_nsp=False)``."""
-    presets = _recipes()
+def recipe(preset: str = "book", profile: str | None = None, **changes: Any) -> Recipe:
+    """The recipe called ``preset`` (``"book"``: the book's model; ``"smoke"``: a few
+    seconds) at ``profile`` (default: the current one), with any field changed:
+    ``recipe("book", use_nsp=False)``, ``recipe("book", profile="gpu")``."""
+    profile = profile or runtime.profile()
+    if profile not in runtime.PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {runtime.PROFILES}")
+    presets = _recipes(profile)
     if preset not in presets:
         raise ValueError(f"unknown pretraining preset {preset!r}; choose one of {sorted(presets)}")
     return presets[preset].replace(**changes) if changes else presets[preset]
