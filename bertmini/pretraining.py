@@ -87,9 +87,12 @@ def tokenize_articles(texts: Sequence[str], tokenizer) -> list[list[list[int]]]:
     Tokenizes once, with the fast (Rust) twin of ``tokenizer`` (a bertmini
     ``BertTokenizer``): chapter 1 showed both give the same ids.
     """
-    from .tokenization import to_fast
+    from .tokenization import BertTokenizer, to_fast
 
-    fast = to_fast(tokenizer) if not hasattr(tokenizer, "encode_batch_fast") else tokenizer
+    if not isinstance(tokenizer, BertTokenizer):
+        raise TypeError(f"tokenize_articles needs a bertmini BertTokenizer, got {type(tokenizer).__name__}; "
+                        "load one with load_or_train_vocab() or BertTokenizer.from_vocab(path)")
+    fast = to_fast(tokenizer)
     sentences = [split_sentences(t) for t in texts]
     flat = [s for doc in sentences for s in doc]
     encoded = fast.encode_batch(flat, add_special_tokens=False) if flat else []
@@ -307,9 +310,11 @@ def evaluate(model, batches: Sequence[dict[str, torch.Tensor]], amp: bool = True
     loss_sum = 0.0
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type in ("cpu", "cuda") \
         else torch.autocast(device.type, enabled=False)
+    has_nsp = hasattr(model, "cls") and hasattr(model.cls, "seq_relationship")
     with ctx:
         for batch in batches:
-            out = model(**{k: v.to(device) for k, v in batch.items()})
+            inputs = {k: v.to(device) for k, v in batch.items() if has_nsp or k != "next_sentence_label"}
+            out = model(**inputs)
             n = out.masked_labels.numel()
             correct += int((out.mlm_logits.argmax(-1) == out.masked_labels).sum())
             loss_sum += float(out.mlm_loss) * n

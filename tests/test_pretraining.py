@@ -211,3 +211,41 @@ def test_tensors_and_masked_batches():
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again))
     with pytest.raises(ValueError, match="batch_size"):
         P.MaskedBatches(data, tok, batch_size=100)
+
+
+def test_pretrain_is_deterministic_and_saves_and_loads(tmp_path):
+    from bertmini.hf import load_pretrained
+
+    tok = _toy_tokenizer()
+    docs = [[[5 + (d * 7 + s * 3 + p) % 60 for p in range(4)] for s in range(4)] for d in range(30)]
+    pairs = P.make_nsp_pairs(docs, max_length=16, seed=0)
+    data = P.PretrainingData.from_pairs(pairs, tok, max_length=16)
+    evals = P.fixed_masked_batches(data, tok, batch_size=32)
+    rcp = P.recipe("smoke", max_length=16, batch_size=8, max_steps=6, eval_every=3, amp=None)
+    one = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
+    two = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
+    for (k, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert len(one.history) == 6 and [e["step"] for e in one.history.evals] == [3, 6]
+    assert set(one.results) >= {"mlm_accuracy", "mlm_loss", "nsp_accuracy"}
+
+    P.save_pretrained(one, tmp_path / "run")
+    model, tok2, history, results = P.load_saved(tmp_path / "run")
+    assert tok2.ids_to_tokens == tok.ids_to_tokens and results == one.results
+    assert history.records == one.history.records
+    for (k, a), b in zip(one.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    encoder = load_pretrained(tmp_path / "run")  # the encoder alone, through chapter 3's loader
+    assert torch.equal(encoder.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        P.load_saved(tmp_path / "nothing")
+
+
+def test_recipes():
+    assert P.recipe("book", profile="cpu").size == "tiny"
+    assert P.recipe("book", profile="gpu").max_steps > P.recipe("book", profile="cpu").max_steps
+    assert not P.recipe("book", use_nsp=False).use_nsp
+    with pytest.raises(ValueError, match="preset"):
+        P.recipe("huge")
+    with pytest.raises(TypeError, match="unknown Recipe field"):
+        P.recipe("book", layers=3)
