@@ -71,8 +71,17 @@ def _random_candidates(input_ids, special, mask_token_id, vocab_size, random_tok
     # position ([CLS], [SEP], [PAD] if padded). MLMCollator always passes the exact list.
     allowed = torch.ones(vocab_size, dtype=torch.bool)
     allowed[mask_token_id] = False
-    allowed[input_ids[special].long()] = False
+    allowed[input_ids[special].long().cpu()] = False
     return allowed.nonzero().flatten()
+
+
+def _rng_device(generator):
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _uniform(shape, generator, device):
+    # Draw where the generator lives (the CPU by default), then move: the same numbers on any device.
+    return torch.rand(shape, generator=generator, device=_rng_device(generator)).to(device)
 
 
 def _corrupt(input_ids, selected, unit_u, *, mask_token_id, vocab_size, random_token_ids,
@@ -93,8 +102,8 @@ def _corrupt(input_ids, selected, unit_u, *, mask_token_id, vocab_size, random_t
     n_random = int(to_random.sum())
     if n_random:
         candidates = _random_candidates(input_ids, special, mask_token_id, vocab_size, random_token_ids)
-        pick = torch.randint(len(candidates), (n_random,), generator=generator)
-        inputs[to_random] = candidates[pick].to(inputs.dtype)
+        pick = torch.randint(len(candidates), (n_random,), generator=generator, device=_rng_device(generator))
+        inputs[to_random] = candidates.to(pick.device)[pick].to(inputs.device, inputs.dtype)
     return inputs, labels
 
 
@@ -130,8 +139,8 @@ def mask_tokens(
     p = _check_probability("mlm_probability", mlm_probability)
     special = special_tokens_mask.bool()
     # Two uniform draws per position: one decides selection, one the 80/10/10 split.
-    select_u = torch.rand(input_ids.shape, generator=generator)
-    unit_u = torch.rand(input_ids.shape, generator=generator)
+    select_u = _uniform(input_ids.shape, generator, input_ids.device)
+    unit_u = _uniform(input_ids.shape, generator, input_ids.device)
     selected = (select_u < p) & ~special
     return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id, vocab_size=vocab_size,
                     random_token_ids=random_token_ids, special=special, generator=generator,
@@ -150,7 +159,7 @@ def word_ids_from_wordpieces(input_ids: torch.Tensor, is_continuation: torch.Ten
     starts a new word (it cannot belong to one across ``[SEP]``).
     """
     special = special_tokens_mask.bool()
-    cont = is_continuation[input_ids.long()]
+    cont = is_continuation.to(input_ids.device)[input_ids.long()]
     prev_special = torch.ones_like(special)
     prev_special[..., 1:] = special[..., :-1]
     starts = ~special & (~cont | prev_special)
@@ -199,10 +208,10 @@ def whole_word_mask(
     wid = word_ids.reshape(rows.shape).long().clamp(min=0)
     # Make word ids unique across the batch, then draw one pair of uniforms per word.
     width = int(wid.max()) + 1 if wid.numel() else 1
-    global_wid = wid + torch.arange(rows.shape[0]).unsqueeze(1) * width
+    global_wid = wid + torch.arange(rows.shape[0], device=wid.device).unsqueeze(1) * width
     n_words = rows.shape[0] * width
-    select_u = torch.rand(n_words, generator=generator)[global_wid].reshape(input_ids.shape)
-    unit_u = torch.rand(n_words, generator=generator)[global_wid].reshape(input_ids.shape)
+    select_u = _uniform(n_words, generator, wid.device)[global_wid].reshape(input_ids.shape)
+    unit_u = _uniform(n_words, generator, wid.device)[global_wid].reshape(input_ids.shape)
     selected = (select_u < p) & valid
     return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id, vocab_size=vocab_size,
                     random_token_ids=random_token_ids, special=special, generator=generator,
