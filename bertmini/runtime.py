@@ -106,3 +106,15 @@ def load_results(chapter: str) -> dict[str, Any]:
     """The numbers a chapter saved with :func:`save_results` (empty if none yet)."""
     path = cache_dir() / "results" / f"{chapter}.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def glue(name: str, value: Any, display: bool = False) -> Any:
+    """``myst_nb.glue`` for a number the prose quotes: NumPy and torch scalars become
+    plain Python numbers first (the book formats ``{glue:text}`name:.1%` `` from their
+    text, which for ``np.float64(0.15)`` would fail). Returns the plain value."""
+    from myst_nb import glue as myst_glue
+
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    myst_glue(name, value, display=display)
+    return value
