@@ -81,7 +81,7 @@ def build_models(vocab_size: int, seq: int):
     return cfg, ours, theirs
 
 
-def time_steps(vocab_size: int, batch: int, seq: int, steps: int, warmup: int = 2):
+def time_steps(vocab_size: int, batch_size: int, seq: int, steps: int, warmup: int = 2):
     cfg, ours, theirs = build_models(vocab_size, seq)
     optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("bertmini", ours), ("transformers", theirs))}
     models = {"bertmini": ours, "transformers": theirs}
@@ -89,7 +89,7 @@ def time_steps(vocab_size: int, batch: int, seq: int, steps: int, warmup: int = 
     times: dict[str, list[float]] = {"bertmini": [], "transformers": []}
     masked = []
     for i in range(warmup + steps):
-        batch = make_batch(vocab_size, batch_size := batch, seq, g)
+        batch = make_batch(vocab_size, batch_size, seq, g)
         masked.append(int((batch["labels"] != -100).sum()))
         for name in (("bertmini", "transformers") if i % 2 == 0 else ("transformers", "bertmini")):
             model, opt = models[name], optims[name]
