@@ -23,18 +23,28 @@ def pytest_addoption(parser):
 def pytest_runtest_call(item):
     start = time.perf_counter()
     outcome = yield
-    if type(item).__name__ != "IPyNbCell" or not item.config.getoption("--nb-cache"):
+    if type(item).__name__ != "IPyNbCell":
         return
     run = _runs.setdefault(item.parent, {"ok": True, "cells": 0, "seconds": 0.0})
     run["seconds"] += time.perf_counter() - start
     run["cells"] += 1
+    if outcome.excinfo is not None:
+        run["ok"] = False
+    if not item.config.getoption("--nb-cache"):
+        return
     item.cell.outputs = list(item.test_outputs or [])
     item.cell.execution_count = run["cells"]
     for out in item.cell.outputs:
         if out.get("output_type") == "execute_result":
             out["execution_count"] = run["cells"]
-    if outcome.excinfo is not None:
-        run["ok"] = False
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _runs:
+        terminalreporter.write_sep("-", "notebook execution times (cells only, kernel start excluded)")
+        for nbfile, run in sorted(_runs.items(), key=lambda kv: str(kv[0].path)):
+            status = "ok" if run["ok"] else "FAILED"
+            terminalreporter.write_line(f"{run['seconds']:7.1f} s  {status:6}  {nbfile.path.name}")
 
 
 def pytest_sessionfinish(session):
