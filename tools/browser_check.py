@@ -1,7 +1,7 @@
 """Load every page of the built book in headless Chromium and check it.
 
 A page fails when Chromium cannot render it (no screenshot, or the rendered DOM
-has no article body), when a link between pages or to a local asset points at a
+has no article body), when its code draws figures that the page does not show, when a link between pages or to a local asset points at a
 file that is not there, or when an in-page anchor is missing. Screenshots go to
 _build/screenshots/. Usage: python tools/browser_check.py [_build/html]
 """
@@ -101,6 +101,10 @@ def main(root="_build/html") -> int:
                                      f"{base}/{rel}"], capture_output=True, timeout=120)
         if "bd-article" not in dom or "<h1" not in dom:
             problems.append(f"{rel}: the rendered page has no article body or title")
+        html = page.read_text(encoding="utf-8", errors="replace")
+        if ("plt.show()" in html or "plt.subplots" in html) and "_images/" not in html:
+            problems.append(f"{rel}: its code draws figures but the page shows none "
+                            "(was the notebook run with a non-inline matplotlib backend?)")
         if 'class="output traceback' in dom or "ename" in dom and "Traceback" in dom:
             problems.append(f"{rel}: shows a Python traceback")
         if not png.exists() or png.stat().st_size < 5_000:
