@@ -98,7 +98,7 @@ def main(root="_build/html") -> int:
             common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
             dom = subprocess.run(common + ["--dump-dom", f"{base}/{rel}"], capture_output=True,
                                  text=True, timeout=120).stdout
-            subprocess.run(common + ["--window-size=1280,1600", f"--screenshot={png}",
+            subprocess.run(common + ["--window-size=1280,4800", f"--screenshot={png}",
                                      f"{base}/{rel}"], capture_output=True, timeout=120)
         if "bd-article" not in dom or "<h1" not in dom:
             problems.append(f"{rel}: the rendered page has no article body or title")
