@@ -1,8 +1,9 @@
 """Load every page of the built book in headless Chromium and check it.
 
 A page fails when Chromium cannot render it (no screenshot, or the rendered DOM
-has no article body), when its code draws figures that the page does not show, when a link between pages or to a local asset points at a
-file that is not there, or when an in-page anchor is missing. Screenshots go to
+has no article body), when its code draws figures that the page does not show,
+when a link between pages or to a local asset points at a file that is not
+there, or when an in-page anchor is missing. Screenshots go to
 _build/screenshots/. Usage: python tools/browser_check.py [_build/html]
 """
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main(root="_build/html") -> int:
         if ("plt.show()" in text or "plt.subplots" in text) and "_images/" not in html:
             problems.append(f"{rel}: its code draws figures but the page shows none "
                             "(was the notebook run with a non-inline matplotlib backend?)")
-        if 'class="output traceback' in dom or "ename" in dom and "Traceback" in dom:
+        if 'class="output traceback' in dom or ("ename" in dom and "Traceback" in dom):
             problems.append(f"{rel}: shows a Python traceback")
         if not png.exists() or png.stat().st_size < 5_000:
             problems.append(f"{rel}: no screenshot (Chromium did not render it)")
