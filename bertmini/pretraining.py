@@ -13,8 +13,8 @@ The pipeline of the BERT paper (section 3.1 and appendix A.2), at book scale::
   :func:`pretraining_data` build the data; :class:`PretrainingData` holds it as tensors.
 * :class:`MaskedBatches` is the training stream :func:`bertmini.train.train` reads.
 * :func:`evaluate` (masked-token accuracy, MLM loss, NSP accuracy on a fixed mask),
-  :func:`unigram_baseline`, :func:`fill_in_the_blank`, :func:`nearest_tokens`
-  look at what the model learned.
+  :func:`unigram_baseline`, :func:`topic_baseline` (NSP by word overlap alone),
+  :func:`fill_in_the_blank`, :func:`nearest_tokens` look at what the model learned.
 * :func:`pretrain` runs a recipe; :func:`load_or_pretrain` returns the book's
   pretrained model from the cache, training it the first time.
 
@@ -339,6 +339,48 @@ def unigram_baseline(train: PretrainingData, batches: Sequence[dict[str, torch.T
     return {"token_id": guess, "accuracy": float((labels == guess).float().mean())}
 
 
+def frequent_pieces(data: PretrainingData, n: int = 100) -> set[int]:
+    """The ``n`` most frequent pieces of ``data``'s segments: mostly function words and punctuation."""
+    counts = torch.bincount(data.input_ids[data.special_tokens_mask == 0])
+    return set(counts.topk(min(n, len(counts))).indices.tolist())
+
+
+def segment_overlap(data: PretrainingData, ignore: set[int] = frozenset()) -> torch.Tensor:
+    """For every pair, the Jaccard overlap of the pieces of A and of B, ``|A & B| / |A | B|``,
+    over piece *sets* without the pieces in ``ignore`` (e.g. :func:`frequent_pieces`:
+    function words say nothing about topic). Order-blind: A B and B A score the same."""
+    real = data.special_tokens_mask == 0
+    scores = torch.empty(len(data))
+    for r in range(len(data)):
+        ids, seg = data.input_ids[r][real[r]].tolist(), data.token_type_ids[r][real[r]].tolist()
+        a = {i for i, s in zip(ids, seg) if s == 0} - ignore
+        b = {i for i, s in zip(ids, seg) if s == 1} - ignore
+        scores[r] = len(a & b) / max(len(a | b), 1)
+    return scores
+
+
+def topic_baseline(train: PretrainingData, tests: dict[str, PretrainingData], stopwords: int = 100
+                   ) -> dict[str, Any]:
+    """NSP without a model: call a pair IsNext when A and B share enough pieces
+    (:func:`segment_overlap`, leaving out the ``stopwords`` most frequent pieces of
+    ``train``), with the threshold that scores best on ``train``.
+
+    It knows nothing of order or coherence, only "same topic?". Returns the
+    ``threshold``, its accuracy on ``train`` and on each set of ``tests``.
+    """
+    def accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
+        return float((torch.where(scores >= threshold, IS_NEXT, NOT_NEXT) == labels).float().mean())
+
+    ignore = frequent_pieces(train, stopwords)
+    scores = segment_overlap(train, ignore)
+    candidates = scores.quantile(torch.linspace(0, 1, 201)).unique().tolist()
+    best = max(candidates, key=lambda t: accuracy(scores, train.next_sentence_label, t))
+    result: dict[str, Any] = {"threshold": best, "train": accuracy(scores, train.next_sentence_label, best)}
+    for name, data in tests.items():
+        result[name] = accuracy(segment_overlap(data, ignore), data.next_sentence_label, best)
+    return result
+
+
 @torch.no_grad()
 def fill_in_the_blank(model, tokenizer, text: str, k: int = 5) -> list[list[tuple[str, float]]]:
     """The top-``k`` pieces (and probabilities) at each ``[MASK]`` in ``text``.
@@ -395,7 +437,7 @@ class Recipe:
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 200
-    max_steps: int = 4000
+    max_steps: int = 4800
     weight_decay: float = 0.01
     dropout: float = 0.0
     mlm_probability: float = 0.15

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from bertmini.attention import BertSelfAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from bertmini.attention import BertSelfAttention, Dropout, causal_mask, dropout, padding_mask, scaled_dot_product_attention
 from bertmini.config import PRESETS, BertConfig
 from bertmini.model import BertModel
 
@@ -120,6 +120,22 @@ def test_fast_and_explicit_paths_agree():
 # ------------------------------------------------------------------- model
 
 
+def test_bf16_autocast_on_cpu_takes_the_explicit_path_and_agrees_with_fp32():
+    torch.manual_seed(0)
+    attn = BertSelfAttention(tiny()).eval()
+    h = torch.randn(3, 7, 128)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]).bool()[:, None, None, :]
+    reference, _ = attn(h, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, probs = attn(h, mask)
+    assert low.dtype == torch.bfloat16 and probs is None  # no probabilities unless asked
+    torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
+    h.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(h, mask)[0].float().sum().backward()
+    assert h.grad is not None and bool(torch.isfinite(h.grad).all())
+
+
 def test_shapes_and_names():
     m = make_model()
     ids = torch.randint(1, 97, (2, 9))
@@ -186,6 +202,23 @@ def test_dropout_only_in_training():
         assert torch.equal(m(ids).last_hidden_state, m(ids).last_hidden_state)
         m.train()
         assert not torch.equal(m(ids).last_hidden_state, m(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_is_inverted_dropout_at_rate_p(p):
+    torch.manual_seed(0)
+    x = torch.ones(200, 1000, requires_grad=True)
+    y = dropout(x, p)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005  # the rate
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))  # survivors scaled
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the same mask and scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p), y)  # the global seed decides the mask, as for F.dropout
+    assert dropout(x, 0.0) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
 
 
 def test_gradients_reach_every_parameter():

@@ -185,6 +185,23 @@ def _toy_tokenizer():
     return BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(60)])
 
 
+def test_topic_baseline_solves_random_negatives_and_not_swapped_ones():
+    # each article has its own four topic words; every sentence also has two common words (60, 61)
+    tok = _toy_tokenizer()
+    docs = [[[5 + 4 * d + s % 4, 5 + 4 * d + (s + 1) % 4, 60, 61] for s in range(6)] for d in range(12)]
+    train = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=0), tok, 16)
+    other = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=1), tok, 16)
+    same = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=1, negatives="same_article"), tok, 16)
+    assert P.frequent_pieces(train, 2) == {60, 61}
+    overlap = P.segment_overlap(other, {60, 61})
+    is_next = other.next_sentence_label == P.IS_NEXT
+    assert bool((overlap[is_next] > 0).all()) and bool((overlap[~is_next] == 0).all())
+    result = P.topic_baseline(train, {"other": other, "same": same}, stopwords=2)
+    assert result["train"] == 1.0 and result["other"] == 1.0
+    # swapped pairs share their words exactly as true pairs do: the rule says IsNext for all of them
+    assert result["same"] == pytest.approx(float((same.next_sentence_label == P.IS_NEXT).float().mean()))
+
+
 def test_tensors_and_masked_batches():
     tok = _toy_tokenizer()
     pairs = [([5, 6, 7], [8, 9], 0), ([10], [11, 12, 13, 14], 1)] * 8
