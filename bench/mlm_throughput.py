@@ -23,6 +23,7 @@ Timings on a shared machine are noisy; run it alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -37,19 +38,20 @@ from bertmini.heads import BertForMaskedLM  # noqa: E402
 SIZES = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
 
 
-_A = _B = None
+@functools.lru_cache(maxsize=None)
+def _square_operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up the threads
+    return a, b
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 7) -> float:
     """Best fp32 rate of an n x n by n x n matmul (2 n^3 FLOPs) over ``repeats`` tries."""
-    global _A, _B
-    if _A is None or _A.shape[0] != n:
-        _A, _B = torch.randn(n, n), torch.randn(n, n)
-        _A @ _B  # warm up the threads
+    a, b = _square_operands(n)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        _A @ _B
+        a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 

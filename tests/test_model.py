@@ -104,11 +104,16 @@ def test_causal_and_padding_masks():
     assert pm.shape == (1, 1, 1, 3) and pm[0, 0, 0, 2] < -1e30 and pm[0, 0, 0, :2].eq(0).all()
 
 
-def test_fast_and_explicit_paths_agree():
+def _attention_and_padded_batch():
     torch.manual_seed(0)
     attn = BertSelfAttention(tiny()).eval()
     h = torch.randn(3, 7, 128)
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]).bool()[:, None, None, :]
+    return attn, h, mask
+
+
+def test_fast_and_explicit_paths_agree():
+    attn, h, mask = _attention_and_padded_batch()
     fast, none = attn(h, mask)
     slow, probs = attn(h, mask, output_attentions=True)
     assert none is None
@@ -117,14 +122,8 @@ def test_fast_and_explicit_paths_agree():
     assert probs[2, :, :, 2:].abs().max() == 0  # padding keys get no weight
 
 
-# ------------------------------------------------------------------- model
-
-
 def test_bf16_autocast_on_cpu_takes_the_explicit_path_and_agrees_with_fp32():
-    torch.manual_seed(0)
-    attn = BertSelfAttention(tiny()).eval()
-    h = torch.randn(3, 7, 128)
-    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]).bool()[:, None, None, :]
+    attn, h, mask = _attention_and_padded_batch()
     reference, _ = attn(h, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, probs = attn(h, mask)
@@ -134,6 +133,9 @@ def test_bf16_autocast_on_cpu_takes_the_explicit_path_and_agrees_with_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         attn(h, mask)[0].float().sum().backward()
     assert h.grad is not None and bool(torch.isfinite(h.grad).all())
+
+
+# ------------------------------------------------------------------- model
 
 
 def test_shapes_and_names():
