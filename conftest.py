@@ -14,6 +14,19 @@ import pytest
 _runs: dict = {}
 
 
+# nbval waits only 5 s (hard-coded) for a cell's outputs after the kernel says it is done;
+# behind a 5-minute cell that streamed thousands of progress updates on a loaded 2-core
+# machine that is too short (seen once: chapter 4's pretraining cell failed with "Timeout of
+# 5 seconds exceeded waiting for output" although it had run to the end).
+NBVAL_OUTPUT_TIMEOUT_S = 120
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if type(item).__name__ == "IPyNbCell":
+            item.output_timeout = NBVAL_OUTPUT_TIMEOUT_S
+
+
 def pytest_addoption(parser):
     parser.addoption("--nb-cache", default=None,
                      help="jupyter-cache directory to store the notebooks nbval executed")
