@@ -66,16 +66,21 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by ``1 / (1 - p)``.
 
     The same as ``F.dropout(x, p)`` (which CUDA runs as one fused kernel, so it is used
-    there). On a CPU the random draw is the slow part, and torch's ``bernoulli_`` is
-    slower than drawing 16-bit integers and comparing (measured on the book's 2-core
-    machine, forward + backward of a 32 x 128 x 256 tensor: 10.4 ms against 5.3 ms), so
-    there the mask is ``randint(0, 2**15) >= p * 2**15``, ``p`` rounded to 1/32768.
+    there). On a CPU the random draw is the slow part: torch's generator is serial, and
+    ``bernoulli_`` spends one draw per element. Here one 64-bit draw gives four
+    uniform 16-bit integers, and an element is kept when its integer is at least
+    ``p`` of the way up the int16 range (``p`` rounded to 1/65536). Measured on the
+    book's 2-core machine for a 32 x 128 x 256 tensor: 1.4 ms for the draw, against
+    4.3 ms for one 16-bit draw per element and 6.1 ms for ``bernoulli_``.
     """
     if p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p)
-    keep = torch.empty(x.shape, dtype=torch.int16, device=x.device).random_(0, 1 << 15) >= round(p * (1 << 15))
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
+    uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each value of [-32768, 32767] equally likely
+    keep = uniform16 >= round(p * (1 << 16)) - (1 << 15)
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
@@ -160,9 +165,12 @@ class BertSelfAttention(nn.Module):
         boolean (True = may attend, as ``BertModel`` passes it) or additive (as from
         :func:`padding_mask`). Returns the concatenated heads ``(batch, seq, hidden)`` and,
         if asked, the probabilities ``(batch, heads, seq, seq)``."""
-        q = self.split_heads(self.query(hidden_states))
-        k = self.split_heads(self.key(hidden_states))
-        v = self.split_heads(self.value(hidden_states))
+        # The three projections as one matmul (hidden -> 3 x hidden): the same numbers as
+        # self.query/key/value(hidden_states), and a wider product runs faster on a CPU
+        # (forward + backward at 4096 tokens x 256: 28 ms against 35 ms for three).
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        q, k, v = (self.split_heads(t) for t in F.linear(hidden_states, weight, bias).chunk(3, dim=-1))
         dropout_p = self.dropout_p if self.training else 0.0
         if mask is not None:
             mask = as_additive(mask, q.dtype)

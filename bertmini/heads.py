@@ -15,6 +15,9 @@ The vocabulary projection is the most expensive matrix product of a small BERT
 (hidden x vocab per token); computing it at the 15% of positions that have a
 label, instead of at all of them, does the same learning for about a sixth of
 that cost. Without ``labels`` (inference) the head scores every position.
+In training (train mode, autograd on) it goes one step further: the loss and its
+gradients are computed a block of rows at a time (:class:`LinearCrossEntropy`), so
+the ``n_masked x vocab`` logits are never stored; ``mlm_logits`` is then None.
 
 Not handled: ``transformers``' ``BertLMHeadModel`` (causal LM), ``inputs_embeds``,
 and untied output embeddings (the decoder always shares the word embeddings).
@@ -60,6 +63,89 @@ class BertLMPredictionHead(nn.Module):
         return F.linear(self.transform(hidden_states), self.decoder.weight, self.bias)
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """``(mean cross-entropy of softmax(x W^T + b) against labels, top-1 accuracy)`` and,
+    already in the forward pass, the loss's gradients, ``block`` vocabulary entries at a time.
+
+    The same numbers as ``F.cross_entropy(F.linear(x, W, b), labels)`` under autograd,
+    but the ``rows x vocab`` logits are never stored. Pass 1 goes through the
+    vocabulary block by block and keeps, per row, a running maximum and sum of
+    exponentials (so the logsumexp comes out exact), the label's logit and the best
+    guess. Pass 2 computes each block's logits again: the gradient of the summed loss
+    with respect to them is ``softmax - onehot(label)``, and it gives that block's
+    share of the gradients of ``x``, ``W`` and ``b`` at once.
+
+    Why bother: at vocab 30,522 the logits of 614 masked rows are 75 MB, and on a CPU
+    a product that writes them all runs at about half the machine's matmul rate
+    (the 31 MB matrix ``W`` streams from memory) and every fresh 75 MB tensor costs
+    page faults. A 1,024-entry block of ``W`` (1 MB) stays in cache, and so does
+    everything made from it. On the book's 2-core machine the head's forward +
+    backward took 260-310 ms this way, against 380-420 ms for the plain version,
+    even though the forward product is done twice.
+    ``x``, ``W`` and ``b`` come in one dtype (the caller casts them under autocast);
+    the softmax runs in float32 and the gradients add up in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, block: int):
+        rows, vocab = x.shape[0], weight.shape[0]
+        f32 = dict(dtype=torch.float32, device=x.device)
+
+        def logits(j):  # rows x block, float32
+            return torch.addmm(bias[j:j + block], x, weight[j:j + block].t()).float()
+
+        def labelled(j):  # the rows whose label lies in block j, and that label's column there
+            r = ((labels >= j) & (labels < j + block)).nonzero()[:, 0]
+            return r, labels[r] - j
+
+        run_max = torch.full((rows,), float("-inf"), **f32)
+        run_sum, label_logit = torch.zeros(rows, **f32), torch.zeros(rows, **f32)
+        top, top_id = torch.full((rows,), float("-inf"), **f32), torch.zeros(rows, dtype=torch.long, device=x.device)
+        for j in range(0, vocab, block):  # pass 1: logsumexp, label logit, best guess
+            z = logits(j)
+            z_max, z_arg = z.max(1)
+            new_max = torch.maximum(run_max, z_max)
+            run_sum = run_sum * (run_max - new_max).exp() + (z - new_max[:, None]).exp().sum(1)
+            run_max = new_max
+            better = z_max > top  # strict: on a tie the earlier block wins, as argmax does
+            top, top_id = torch.where(better, z_max, top), torch.where(better, z_arg + j, top_id)
+            r, c = labelled(j)
+            label_logit[r] = z[r, c]
+        logsumexp = run_max + run_sum.log()
+
+        grad_x = torch.zeros(x.shape, **f32)
+        grad_w, grad_b = torch.empty(weight.shape, **f32), torch.empty(bias.shape, **f32)
+        for j in range(0, vocab, block):  # pass 2: softmax - onehot, and the gradients
+            d_logits = logits(j).sub_(logsumexp[:, None]).exp_()
+            r, c = labelled(j)
+            d_logits[r, c] -= 1.0
+            grad_b[j:j + block] = d_logits.sum(0)
+            d_logits = d_logits.to(x.dtype)  # bf16 under autocast, as autograd's backward would be
+            grad_x += d_logits @ weight[j:j + block]
+            grad_w[j:j + block] = d_logits.t() @ x
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        ctx.rows, ctx.dtypes = rows, (x.dtype, weight.dtype, bias.dtype)
+        accuracy = (top_id == labels).float().mean()
+        ctx.mark_non_differentiable(accuracy)
+        return (logsumexp - label_logit).mean(), accuracy
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_accuracy):
+        scale = grad_loss.float() / ctx.rows  # the loss is the mean over rows
+        grads = [(g * scale).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return (*grads, None, None)
+
+
+def masked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   labels: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, accuracy)`` of the MLM decoder through :class:`LinearCrossEntropy`, in the
+    autocast dtype when autocast is on (as ``F.linear`` would run)."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), bias.to(dtype), labels, block)
+
+
 class BertOnlyMLMHead(nn.Module):
     """The head of :class:`BertForMaskedLM`: ``cls.predictions`` only."""
 
@@ -84,7 +170,10 @@ class BertForPreTrainingOutput:
     With ``labels``: ``mlm_logits`` is ``(n_masked, vocab)``, one row per position
     where ``labels != -100`` in row-major order (``masked_labels`` holds their
     labels, ``masked_positions`` their ``(row, col)`` indices); without labels it is
-    ``(batch, seq, vocab)``. ``nsp_logits`` is ``(batch, 2)`` (None for MLM only).
+    ``(batch, seq, vocab)``. In train mode under autograd, with labels, ``mlm_logits``
+    is None: the loss comes from :func:`masked_lm_loss`, which never stores them
+    (call the model in ``eval()`` mode or under ``torch.no_grad()`` to see them).
+    ``nsp_logits`` is ``(batch, 2)`` (None for MLM only).
     Losses and accuracies are None when their labels were not given.
     ``logits`` is ``mlm_logits``, the name every head in the book shares.
     """
@@ -139,11 +228,17 @@ class _MaskedLMBase(BertPreTrainedModel):
         out.masked_positions = selected.nonzero()
         out.masked_labels = labels[selected]
         # The sparse head: gather the masked rows first, then transform and project only them.
-        out.mlm_logits = head(sequence_output[selected])
+        rows = sequence_output[selected]
         if out.masked_labels.numel() == 0:  # nothing masked in this batch: no signal, but not an error
+            out.mlm_logits = head(rows)
             out.mlm_loss = out.mlm_logits.sum() * 0.0
             out.mlm_accuracy = torch.zeros((), device=input_ids.device)
             return
+        if self.training and torch.is_grad_enabled():  # training: never store the logits
+            out.mlm_loss, out.mlm_accuracy = masked_lm_loss(head.transform(rows), head.decoder.weight,
+                                                            head.bias, out.masked_labels)
+            return
+        out.mlm_logits = head(rows)
         out.mlm_loss = F.cross_entropy(out.mlm_logits.float(), out.masked_labels)
         with torch.no_grad():
             out.mlm_accuracy = (out.mlm_logits.argmax(-1) == out.masked_labels).float().mean()

@@ -214,6 +214,8 @@ def test_dropout_is_inverted_dropout_at_rate_p(p):
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - p) < 0.005  # the rate
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))  # survivors scaled
+    for lane in range(4):  # one 64-bit draw makes four neighbouring masks: each keeps at rate 1 - p
+        assert abs(1 - kept.view(-1)[lane::4].float().mean().item() - p) < 0.01
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient is the same mask and scale
     torch.manual_seed(0)

@@ -107,6 +107,54 @@ def test_checkpoint_round_trip_keeps_the_tie(tmp_path):
     assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
 
 
+@pytest.mark.parametrize("rows,vocab,block", [(37, 1000, 128), (5, 64, 1024), (1, 300, 7)])
+def test_blocked_linear_cross_entropy_matches_autograd(rows, vocab, block):
+    from bertmini.heads import masked_lm_loss
+
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 16, generator=g, requires_grad=True)
+    w = (torch.randn(vocab, 16, generator=g) * 2).requires_grad_()  # peaked softmax: the logsumexp must be exact
+    b = torch.randn(vocab, generator=g).requires_grad_()
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    y[0] = vocab - 1  # a label in the last, partial block
+    loss, accuracy = masked_lm_loss(x, w, b, y, block=block)
+    (loss * 3).backward()  # a non-unit upstream gradient
+    mine = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    logits = torch.nn.functional.linear(x, w, b)
+    ref = torch.nn.functional.cross_entropy(logits, y)
+    (ref * 3).backward()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    assert float(accuracy) == float((logits.argmax(-1) == y).float().mean())
+    for a, t in zip(mine, (x, w, b)):
+        torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_training_mode_loss_and_gradients_match_the_logits_path():
+    """In train mode the MLM loss skips the logits (heads.masked_lm_loss); with dropout off
+    it must give eval mode's loss and gradients, in fp32 and (loosely) under bf16 autocast."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ids, types, mask, labels, nsp = _batch()
+    for amp, tol in ((False, 1e-5), (True, 3e-2)):
+        grads = []
+        for mode in ("train", "eval"):
+            getattr(model, mode)()
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = model(ids, types, mask, labels=labels, next_sentence_label=nsp)
+            out.loss.backward()
+            grads.append((out.mlm_loss.detach(), out.mlm_accuracy, [p.grad.clone() for p in model.parameters()]))
+            assert (out.mlm_logits is None) == (mode == "train")
+        (loss_t, acc_t, g_t), (loss_e, acc_e, g_e) = grads
+        torch.testing.assert_close(loss_t, loss_e.float(), atol=tol, rtol=tol)
+        if not amp:
+            assert float(acc_t) == float(acc_e)
+        for a, b in zip(g_t, g_e):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 def test_losses_are_optional_and_nsp_alone_works():
     model = BertForPreTraining(BertConfig(**TINY)).eval()
     ids, types, mask, labels, nsp = _batch()
