@@ -14,10 +14,12 @@ import pytest
 _runs: dict = {}
 
 
-# nbval waits only 5 s (hard-coded) for a cell's outputs after the kernel says it is done;
-# behind a 5-minute cell that streamed thousands of progress updates on a loaded 2-core
-# machine that is too short (seen once: chapter 4's pretraining cell failed with "Timeout of
-# 5 seconds exceeded waiting for output" although it had run to the end).
+# nbval waits only 5 s (hard-coded) for each of a cell's output messages after the kernel says
+# it is done; on a loaded 2-core machine that can be too short. (The failure seen twice,
+# "Timeout of N seconds exceeded waiting for output" after chapter 4's 6-minute pretraining cell,
+# most likely had another cause: nbval reads no output until a cell ends, and a progress bar redrawn every
+# 0.1 s overflowed the kernel's message queue, losing the final "idle" message. bertmini.train
+# now redraws at most once a second.)
 NBVAL_OUTPUT_TIMEOUT_S = 120
 
 

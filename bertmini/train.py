@@ -999,7 +999,10 @@ def train(
 
     bar = None
     if config.progress and dist_info.main:
-        bar = tqdm(total=total_steps, initial=step, desc=config.desc, dynamic_ncols=True)
+        # At most one redraw a second: each redraw is a kernel message, and nbval reads none until
+        # the cell ends, so a 6-minute cell redrawing every 0.1 s overflowed the kernel's message
+        # queue, most likely (the "idle" message was lost and nbval timed out waiting for it).
+        bar = tqdm(total=total_steps, initial=step, desc=config.desc, dynamic_ncols=True, mininterval=1.0)
     t0 = window["t"] = time.perf_counter()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
