@@ -9,7 +9,8 @@ second. bertmini computes the vocabulary projection only at the masked positions
 
 It also reports bertmini's *model* FLOP/s (the matrix products a training step
 must do: 6 x params x tokens for the dense layers, attention scores and values,
-and the MLM head at the masked positions) as a fraction of this machine's
+and the MLM head at the masked positions, counted once although bertmini's blocked loss
+computes the head's forward product twice) as a fraction of this machine's
 measured fp32 matmul rate (a 2048^3 matmul, best of two, timed just before each
 bertmini step: the speed of a shared machine drifts within a run, so each step
 is compared with the rate of its own moment; the median of those fractions).
