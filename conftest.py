@@ -15,11 +15,7 @@ _runs: dict = {}
 
 
 # nbval waits only 5 s (hard-coded) for each of a cell's output messages after the kernel says
-# it is done; on a loaded 2-core machine that can be too short. (The failure seen twice,
-# "Timeout of N seconds exceeded waiting for output" after chapter 4's 6-minute pretraining cell,
-# most likely had another cause: nbval reads no output until a cell ends, and a progress bar redrawn every
-# 0.1 s overflowed the kernel's message queue, losing the final "idle" message. bertmini.train
-# now redraws at most once a second.)
+# it is done; on a loaded 2-core machine that can be too short.
 NBVAL_OUTPUT_TIMEOUT_S = 120
 
 

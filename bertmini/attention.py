@@ -7,19 +7,11 @@ token, left and right. The only mask it uses hides padding, so that a batch
 of sentences of different lengths gives each sentence the result it would get
 alone. A causal mask (GPT's) is here for the chapter to compare with.
 
-Two paths compute the same numbers:
-
-* the fast path calls ``torch.nn.functional.scaled_dot_product_attention``,
-  which fuses the matmuls and the softmax and never stores the ``seq x seq``
-  probabilities;
-* the explicit path (:func:`scaled_dot_product_attention` below, used when
-  ``output_attentions=True``) writes the formula out and returns the
-  probabilities, for reading and plotting. It also serves a CPU under bf16/fp16
-  autocast or with attention dropout, where the fused kernel is the slower of the
-  two (measured on the book's 2-core machine, forward + backward, batch 32: bf16,
-  9.5 ms against 2.7 ms at 2 heads x 64 tokens and 46 ms against 12 ms at 4 heads
-  x 128; fp32 with dropout 0.1, 51 ms against 34 ms; in fp32 without dropout the
-  fused kernel wins).
+This module is the plain version: three projections, the formula, the heads merged
+again. To train fast, :mod:`bertmini.fast.attention` computes the same numbers with one
+fused projection and, where it is faster, ``torch.nn.functional.scaled_dot_product_attention``
+(which never stores the ``seq x seq`` probabilities); ``BertSelfAttention.forward`` chooses
+it while ``bertmini.fast.ENABLED`` is True, unless the probabilities are asked for.
 
 Not handled: cross-attention, key/value caches, relative position schemes and
 head masking; bertmini is an encoder.
@@ -27,12 +19,15 @@ head masking; bertmini is an encoder.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from .config import BertConfig
+from .fast.attention import fast_self_attention
 
 
 def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -62,44 +57,6 @@ def as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout: zero each element with probability ``p``, scale the rest by ``1 / (1 - p)``.
-
-    The same as ``F.dropout(x, p)`` (which CUDA runs as one fused kernel, so it is used
-    there). On a CPU the random draw is the slow part: torch's generator is serial, and
-    ``bernoulli_`` spends one draw per element. Here one 64-bit draw gives four
-    uniform 16-bit integers, and an element is kept when its integer is at least
-    ``p`` of the way up the int16 range (``p`` rounded to 1/65536). Measured on the
-    book's 2-core machine for a 32 x 128 x 256 tensor: 1.4 ms for the draw, against
-    4.3 ms for one 16-bit draw per element and 6.1 ms for ``bernoulli_``.
-    """
-    if p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p)
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
-    uniform16 = words.view(torch.int16)[:n].view(x.shape)  # each value of [-32768, 32767] equally likely
-    keep = uniform16 >= round(p * (1 << 16)) - (1 << 15)
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
-
-
-class Dropout(nn.Module):
-    """``nn.Dropout`` through :func:`dropout`: active in training mode only."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability {p} must be in [0, 1)")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p) if self.training else x
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 def causal_mask(seq_len: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """GPT's mask, for comparison: query ``i`` may see keys ``0..i`` only. Shape ``(seq, seq)``,
     additive like :func:`padding_mask`. BERT never uses it."""
@@ -113,9 +70,11 @@ def scaled_dot_product_attention(
     value: torch.Tensor,
     mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    dropout: Callable[[torch.Tensor, float], torch.Tensor] = F.dropout,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The formula, written out. ``query/key/value`` are ``(..., seq, d_k)``; ``mask`` is
-    additive and broadcastable to ``(..., seq_q, seq_k)``.
+    additive and broadcastable to ``(..., seq_q, seq_k)``; ``dropout(x, p)`` drops
+    attention weights (``bertmini.fast`` passes its faster CPU twin).
 
     Returns ``(output, probabilities)``; the probabilities are those *before*
     dropout, so every row sums to 1.
@@ -154,6 +113,11 @@ class BertSelfAttention(nn.Module):
         batch, seq, _ = x.shape
         return x.view(batch, seq, self.num_attention_heads, self.head_dim).transpose(1, 2)
 
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, heads, seq, head_dim)`` -> ``(batch, seq, hidden)``: the heads side by side."""
+        batch, _, seq, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, seq, self.num_attention_heads * self.head_dim)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -165,24 +129,10 @@ class BertSelfAttention(nn.Module):
         boolean (True = may attend, as ``BertModel`` passes it) or additive (as from
         :func:`padding_mask`). Returns the concatenated heads ``(batch, seq, hidden)`` and,
         if asked, the probabilities ``(batch, heads, seq, seq)``."""
-        # The three projections as one matmul (hidden -> 3 x hidden): the same numbers as
-        # self.query/key/value(hidden_states), and a wider product runs faster on a CPU
-        # (forward + backward at 4096 tokens x 256: 28 ms against 35 ms for three).
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        q, k, v = (self.split_heads(t) for t in F.linear(hidden_states, weight, bias).chunk(3, dim=-1))
-        dropout_p = self.dropout_p if self.training else 0.0
+        if fast.ENABLED and not output_attentions:
+            return fast_self_attention(self, hidden_states, mask), None
+        q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         if mask is not None:
             mask = as_additive(mask, q.dtype)
-        # On a CPU the written-out formula beats the fused kernel under bf16/fp16 and with
-        # attention dropout (which sends the fused call to its unfused fallback anyway).
-        if output_attentions or (q.device.type == "cpu" and (dropout_p > 0 or q.dtype != torch.float32)):
-            context, probs = scaled_dot_product_attention(q, k, v, mask, dropout_p)
-            probs = probs if output_attentions else None
-        else:
-            # Fused kernel; with mask=None it may pick a flash/efficient kernel.
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            probs = None
-        batch, _, seq, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, seq, self.num_attention_heads * self.head_dim)
-        return context, probs
+        context, probs = scaled_dot_product_attention(q, k, v, mask, self.dropout_p if self.training else 0.0)
+        return self.merge_heads(context), (probs if output_attentions else None)

@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The label every loss in the book skips: unmasked positions (MLM), padding, [CLS]/[SEP] and
+# later sub-tokens (tagging). It is the default ``ignore_index`` of torch's cross_entropy.
+IGNORE_INDEX = -100
+
 # The activations BERT checkpoints use. "gelu" is the exact erf form, as in
 # transformers; "gelu_new" is the tanh approximation of the original TF code.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")

@@ -1,286 +1,46 @@
-"""Fine-tuning: the recipe, the data preparation for four task shapes, and the metrics.
+"""Fine-tuning: the recipe, the data preparation for classification and tagging, and prediction.
 
-One pretrained encoder, four small heads (:mod:`bertmini.heads`), four task shapes:
+One pretrained encoder, a small head on top (:mod:`bertmini.task_heads`), three task shapes here:
 
 * a single sentence -> a label (sentiment, topic): :func:`encode_classification`;
 * a pair of texts -> a label (does this description match this article?): the same
   function with ``pairs=``, the pair packed as ``[CLS] a [SEP] b [SEP]``;
 * words -> a BIO tag each (NER): :func:`encode_ner`, the word's tag on its first
-  sub-token and ``-100`` (ignored by the loss) on the rest;
-* a question and a context -> a span of the context (QA): :func:`encode_qa`, long
-  contexts cut into overlapping windows, :func:`best_span` / :func:`predict_answers`
-  map logits back to character offsets.
+  sub-token and ``IGNORE_INDEX`` (skipped by the loss) on the rest.
+
+The fourth shape, a question and a context -> a span, has its windows and answers in
+:mod:`bertmini.qa`; the metrics are in :mod:`bertmini.metrics` and the baselines (bag
+of words, frozen features) in :mod:`bertmini.baselines`.
 
 The recipe (:func:`finetune`) is the one of the BERT paper: AdamW with weight decay
 0.01 except on biases and LayerNorm, 10% linear warmup then linear decay, batch 32
 (reached by gradient accumulation if memory is short), 2-4 epochs, each batch padded
-only to its own longest sequence. It reuses :mod:`bertmini.train` for the loop.
-
-Metrics are written out here rather than imported, because what they count is part
-of the lesson: :func:`accuracy`, :func:`macro_f1`, :func:`entity_scores` (entity-level
-P/R/F1 over BIO tags, as conlleval counts them) and :func:`squad_scores` (exact
-match and token F1 after SQuAD's answer normalisation).
-
-Baselines: :class:`BagOfWords` (a logistic regression on word presence) and
-:class:`LogisticRegression` on frozen encoder features (:func:`encode_features`).
+only to its own longest sequence (:func:`collate`, :class:`Batches`). It reuses
+:mod:`bertmini.train` for the loop. :func:`predict_logits`, :func:`classification_scores`
+and :func:`predict_tags` use the result; :func:`save_finetuned` / :func:`load_finetuned`
+keep a sequence classifier with its tokenizer and label names.
 
 Not handled: multi-label classification, regression heads, CRF decoding for NER,
-unanswerable questions (SQuAD 2.0) and n-best answer lists.
+and saving token or span heads with :func:`save_finetuned`.
 """
 from __future__ import annotations
 
-import collections
 import json
 import math
-import re
-import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100  # positions the cross-entropy loss skips, as in torch and transformers
-_PUNCTUATION = frozenset(string.punctuation)
+from bertmini import runtime
+from bertmini.config import IGNORE_INDEX
+from bertmini.metrics import accuracy, macro_f1
+from bertmini.padding import length_mask, pad_rows
 
 
-# =====================================================================  metrics
-def _check_same_length(predictions: Sequence, references: Sequence, what: str) -> None:
-    if len(predictions) != len(references):
-        raise ValueError(f"{what}: {len(predictions)} predictions but {len(references)} references; "
-                         "pass one prediction per reference")
-    if len(predictions) == 0:
-        raise ValueError(f"{what}: no predictions given; a score over zero examples is undefined")
-
-
-def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """The fraction of predictions equal to their reference label."""
-    _check_same_length(predictions, references, "accuracy")
-    return sum(int(p) == int(r) for p, r in zip(predictions, references)) / len(references)
-
-
-def macro_f1(predictions: Sequence[int], references: Sequence[int],
-             labels: Iterable[int] | None = None) -> float:
-    """The unweighted mean of per-class F1, so a rare class counts as much as a common one.
-
-    ``labels`` (default: every label seen in either list) fixes the classes averaged
-    over; a class with no prediction and no reference is skipped, one that is only
-    predicted or only present scores 0.
-    """
-    _check_same_length(predictions, references, "macro_f1")
-    classes = sorted(set(labels) if labels is not None else set(predictions) | set(references))
-    scores = []
-    for c in classes:
-        tp = sum(p == c and r == c for p, r in zip(predictions, references))
-        fp = sum(p == c and r != c for p, r in zip(predictions, references))
-        fn = sum(p != c and r == c for p, r in zip(predictions, references))
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores) if scores else 0.0
-
-
-def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """The entities in one BIO tag sequence, as ``(type, start, end)`` with ``end`` exclusive.
-
-    Broken sequences are read the way conlleval reads them: an ``I-X`` that does not
-    continue an entity of type ``X`` starts a new one (``O I-per`` is one ``per``
-    entity; ``B-per I-loc`` is two entities). Tags must be ``O``, ``B-type`` or ``I-type``.
-    """
-    entities: list[tuple[str, int, int]] = []
-    kind, start = None, 0
-    for i, tag in enumerate(list(tags) + ["O"]):
-        if tag == "O":
-            prefix, t = "O", None
-        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
-            prefix, t = tag[0], tag[2:]
-        else:
-            raise ValueError(f"tag {tag!r} at position {i} is not BIO; use 'O', 'B-<type>' or 'I-<type>'")
-        continues = prefix == "I" and t == kind
-        if kind is not None and not continues:
-            entities.append((kind, start, i))
-            kind = None
-        if prefix in "BI" and not continues:
-            kind, start = t, i
-    return entities
-
-
-def entity_scores(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
-                  ) -> dict[str, float]:
-    """Entity-level precision, recall and F1 over sentences of BIO tags.
-
-    An entity counts as found only if its type *and* both boundaries match exactly;
-    tokens tagged ``O`` correctly earn nothing (that is why token accuracy flatters NER).
-    Returns ``precision, recall, f1`` and the counts ``n_gold, n_predicted, n_correct``.
-    """
-    _check_same_length(predictions, references, "entity_scores")
-    n_gold = n_pred = n_correct = 0
-    for i, (ref, pred) in enumerate(zip(references, predictions)):
-        if len(ref) != len(pred):
-            raise ValueError(f"sentence {i}: {len(ref)} gold tags but {len(pred)} predicted; "
-                             "predict one tag per word")
-        gold, guess = set(bio_entities(ref)), set(bio_entities(pred))
-        n_gold, n_pred, n_correct = n_gold + len(gold), n_pred + len(guess), n_correct + len(gold & guess)
-    precision = n_correct / n_pred if n_pred else 0.0
-    recall = n_correct / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return dict(precision=precision, recall=recall, f1=f1,
-                n_gold=n_gold, n_predicted=n_pred, n_correct=n_correct)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, drop punctuation and the articles a/an/the,
-    collapse white space."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    """1.0 if the normalised answers are equal, else 0.0."""
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """F1 over the bags of normalised answer tokens (SQuAD's partial credit)."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:  # SQuAD: both empty is a match, one empty is not
-        return float(pred == ref)
-    common = collections.Counter(pred) & collections.Counter(ref)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]
-                 ) -> dict[str, float]:
-    """Mean exact match and token F1; a reference may be a list of accepted answers
-    (the best one counts, as in SQuAD)."""
-    _check_same_length(predictions, references, "squad_scores")
-    em = f1 = 0.0
-    for pred, ref in zip(predictions, references):
-        refs = [ref] if isinstance(ref, str) else list(ref)
-        em += max(exact_match(pred, r) for r in refs)
-        f1 += max(token_f1(pred, r) for r in refs)
-    return dict(exact_match=em / len(predictions), f1=f1 / len(predictions))
-
-
-# =====================================================================  baselines
-class LogisticRegression(nn.Module):
-    """Multinomial logistic regression, ``softmax(X W + b)``, fitted by full-batch L-BFGS.
-
-    ``X`` may be dense or a sparse COO tensor (bag-of-words features). The L2 penalty
-    ``l2 * |W|^2 / 2`` is added to the *mean* cross-entropy, so its strength does not
-    depend on how many examples there are.
-    """
-
-    def __init__(self, num_features: int, num_labels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_features, num_labels))
-        self.bias = nn.Parameter(torch.zeros(num_labels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.sparse.mm(x, self.weight) if x.is_sparse else x @ self.weight) + self.bias
-
-    def fit(self, x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: int = 200
-            ) -> "LogisticRegression":
-        y = torch.as_tensor(y, dtype=torch.long)
-        if x.shape[0] == 0:
-            raise ValueError("LogisticRegression.fit: no training examples")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"LogisticRegression.fit: {x.shape[0]} rows of features but {y.shape[0]} labels")
-        opt = torch.optim.LBFGS(self.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(self(x), y) + 0.5 * l2 * self.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return self
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).softmax(-1)
-
-
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-class BagOfWords:
-    """The baseline every pretrained model must beat: which words occur, weighed by a
-    logistic regression. Word order, negation scope and unseen words are invisible to it.
-
-    Words are lower-cased ``[a-z0-9']`` runs seen at least ``min_count`` times in the
-    training texts; a text becomes a 0/1 vector over them (presence, not counts).
-    ``l2`` is chosen on the validation texts if several values are given.
-    """
-
-    def __init__(self, min_count: int = 2):
-        self.min_count = min_count
-        self.vocab: dict[str, int] = {}
-        self.model: LogisticRegression | None = None
-        self.l2: float | None = None
-
-    @staticmethod
-    def words(text: str) -> list[str]:
-        return _WORD.findall(text.lower())
-
-    def featurize(self, texts: Sequence[str]) -> torch.Tensor:
-        rows, cols = [], []
-        for i, text in enumerate(texts):
-            for j in sorted({self.vocab[w] for w in self.words(text) if w in self.vocab}):
-                rows.append(i)
-                cols.append(j)
-        idx = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
-        return torch.sparse_coo_tensor(idx, torch.ones(len(rows)), (len(texts), len(self.vocab)),
-                                       check_invariants=False).coalesce()
-
-    def fit(self, texts: Sequence[str], labels: Sequence[int], num_labels: int | None = None,
-            l2: float | Sequence[float] = (1e-4, 1e-3, 1e-2),
-            validation: tuple[Sequence[str], Sequence[int]] | None = None) -> "BagOfWords":
-        if len(texts) == 0:
-            raise ValueError("BagOfWords.fit: no training texts")
-        counts = collections.Counter(w for t in texts for w in set(self.words(t)))
-        self.vocab = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= self.min_count))}
-        num_labels = num_labels or max(labels) + 1
-        x, y = self.featurize(texts), torch.tensor(list(labels))
-        candidates = [l2] if isinstance(l2, (int, float)) else list(l2)
-        best = None
-        for value in candidates:
-            model = LogisticRegression(len(self.vocab), num_labels).fit(x, y, l2=value)
-            if validation is None and len(candidates) > 1:
-                raise ValueError("BagOfWords.fit: pass validation=(texts, labels) to choose among several l2 values")
-            score = accuracy(model.predict_proba(self.featurize(validation[0])).argmax(-1).tolist(),
-                             validation[1]) if validation is not None else 0.0
-            if best is None or score > best[0]:
-                best = (score, value, model)
-        _, self.l2, self.model = best
-        return self
-
-    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
-        if self.model is None:
-            raise RuntimeError("BagOfWords: call fit(texts, labels) before predicting")
-        return self.model.predict_proba(self.featurize(texts))
-
-    def predict(self, texts: Sequence[str]) -> list[int]:
-        return self.predict_proba(texts).argmax(-1).tolist()
-
-    def top_words(self, label: int, k: int = 10) -> list[tuple[str, float]]:
-        """The words that push hardest towards ``label`` (weight minus the mean over labels)."""
-        w = self.model.weight.detach()
-        score = w[:, label] - w.mean(1)
-        words = {i: t for t, i in self.vocab.items()}
-        return [(words[i], float(score[i])) for i in score.topk(k).indices.tolist()]
-
-
-# =====================================================================  data preparation
+# ------------------------------------------------------------------ data preparation
 def _check_labels(labels: Sequence[int], num_labels: int, what: str) -> None:
     bad = sorted({int(y) for y in labels if not 0 <= int(y) < num_labels})
     if bad:
@@ -316,8 +76,8 @@ def encode_classification(tokenizer, texts: Sequence[str], labels: Sequence[int]
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
-    """Word labels -> token labels: each word's label on its *first* sub-token, ``-100``
-    (ignored by the loss) on its other sub-tokens and on ``[CLS]``/``[SEP]``.
+    """Word labels -> token labels: each word's label on its *first* sub-token,
+    ``IGNORE_INDEX`` (-100, skipped by the loss) on its other sub-tokens and on ``[CLS]``/``[SEP]``.
 
     >>> align_labels([None, 0, 1, 1, 2, None], [3, 5, 0])
     [-100, 3, 5, -100, 0, -100]
@@ -376,64 +136,66 @@ def encode_ner(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Seq
     return examples
 
 
-_PAD_VALUE = {"labels": IGNORE_INDEX, "attention_mask": 0}
+# ------------------------------------------------------------------ batches
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "start_positions", "end_positions")
 
 
 def collate(examples: Sequence[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Dynamic padding: stack a batch, padding each list to the longest in *this* batch
-    (ids with ``pad_token_id``, token labels with -100), and add ``attention_mask``.
-    Only the keys a model takes are kept (``word_ids`` etc. stay with the examples)."""
+    """Dynamic padding: stack a batch, padding each list to the longest ``input_ids`` in
+    *this* batch (ids with ``pad_token_id``, token labels with ``IGNORE_INDEX``, segment
+    ids with 0), and add ``attention_mask``. Only the keys a model takes are kept
+    (``word_ids`` etc. stay with the examples)."""
     if len(examples) == 0:
         raise ValueError("collate: the batch is empty; give at least one example")
-    width = max(len(ex["input_ids"]) for ex in examples)
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    width = max(lengths)
+    pad_value = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
     batch: dict[str, torch.Tensor] = {}
     for key in _MODEL_KEYS:
         if key == "attention_mask":
-            rows = [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in examples]
+            batch[key] = length_mask(lengths, width)
         elif key not in examples[0]:
             continue
-        elif isinstance(examples[0][key], list):
-            pad = pad_token_id if key == "input_ids" else _PAD_VALUE.get(key, 0)
-            rows = [ex[key] + [pad] * (width - len(ex[key])) for ex in examples]
-        else:
-            rows = [ex[key] for ex in examples]
-        batch[key] = torch.tensor(rows, dtype=torch.long)
+        elif isinstance(examples[0][key], list):  # one value per token
+            batch[key] = pad_rows([ex[key] for ex in examples], pad_value.get(key, 0), length=width)
+        else:  # one value per example (a class, a span end)
+            batch[key] = torch.tensor([ex[key] for ex in examples], dtype=torch.long)
     return batch
 
 
-def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0):
-    """A zero-argument function returning one epoch of padded batches, in a fresh random
-    order each call (drawn from torch's RNG, which ``train`` seeds): what ``train`` wants."""
-    if len(examples) == 0:
-        raise ValueError("make_batches: no examples; the training set is empty")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+class Batches:
+    """Padded batches of ``examples``, one epoch per ``iter()``: what ``train`` wants.
 
-    def epoch():
-        order = torch.randperm(len(examples)).tolist() if shuffle else range(len(examples))
-        order = list(order)
-        for i in range(0, len(order), batch_size):
-            yield collate([examples[j] for j in order[i:i + batch_size]], pad_token_id)
+    With ``shuffle`` each epoch draws a fresh order from torch's global RNG (which
+    ``train`` seeds), when its first batch is taken. ``len()`` is the number of
+    batches per epoch, so ``TrainConfig(epochs=...)`` can count steps.
+    """
 
-    epoch.num_batches = math.ceil(len(examples) / batch_size)
-    return epoch
+    def __init__(self, examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0):
+        if len(examples) == 0:
+            raise ValueError("Batches: no examples; the training set is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.examples, self.batch_size = examples, batch_size
+        self.shuffle, self.pad_token_id = shuffle, pad_token_id
 
+    def __len__(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
 
-class _Epochs:
-    """``make_batches`` with a length, so ``TrainConfig(epochs=...)`` can count steps."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self):
-        return self.fn()
-
-    def __len__(self):
-        return self.fn.num_batches
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.examples)
+        order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
+        for i in range(0, n, self.batch_size):
+            yield collate([self.examples[j] for j in order[i:i + self.batch_size]], self.pad_token_id)
 
 
-# =====================================================================  the recipe
+def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0
+                 ) -> Batches:
+    """``Batches(examples, batch_size, shuffle, pad_token_id)``: one padded epoch per ``iter()``, with a length."""
+    return Batches(examples, batch_size, shuffle=shuffle, pad_token_id=pad_token_id)
+
+
+# ------------------------------------------------------------------ the recipe
 def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: float = 3,
              batch_size: int = 32, micro_batch_size: int | None = None, warmup_ratio: float = 0.1,
              weight_decay: float = 0.01, max_steps: int | None = None, seed: int = 0,
@@ -453,7 +215,7 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: f
     micro = micro_batch_size or batch_size
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
-    data = _Epochs(make_batches(examples, micro, shuffle=True, pad_token_id=pad_token_id))
+    data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
     config = TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          epochs=None if max_steps else epochs, max_steps=max_steps,
                          grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,
@@ -461,7 +223,7 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: f
     return train(model, data, config, eval_fn=eval_fn)
 
 
-@torch.no_grad()
+# ------------------------------------------------------------------ prediction
 def predict_logits(model: nn.Module, examples: Sequence[dict], batch_size: int = 64,
                    pad_token_id: int = 0) -> list[torch.Tensor]:
     """Logits for each example, in order, without labels (eval mode, no gradients). For a
@@ -469,11 +231,9 @@ def predict_logits(model: nn.Module, examples: Sequence[dict], batch_size: int =
     the padding cut off."""
     if len(examples) == 0:
         raise ValueError("predict_logits: no examples")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
-    try:
+    with runtime.eval_mode(model):
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()
@@ -481,8 +241,6 @@ def predict_logits(model: nn.Module, examples: Sequence[dict], batch_size: int =
             logits = model(**batch).logits.float().cpu()
             for row, ex in zip(logits, chunk):
                 out.append(row if row.dim() == 1 else row[:len(ex["input_ids"])])
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -510,140 +268,7 @@ def predict_tags(model: nn.Module, examples: Sequence[dict], label_list: Sequenc
     return tags
 
 
-@torch.no_grad()
-def encode_features(encoder: nn.Module, examples: Sequence[dict], pooling: str = "mean",
-                    batch_size: int = 64) -> torch.Tensor:
-    """Frozen features: one vector per example from an encoder that is not trained.
-    ``pooling="cls"`` takes the final ``[CLS]`` state, ``"mean"`` averages the real
-    tokens (what sentence-embedding models such as all-MiniLM are trained for)."""
-    if pooling not in ("mean", "cls"):
-        raise ValueError(f"pooling={pooling!r}; use 'mean' or 'cls'")
-    if len(examples) == 0:
-        raise ValueError("encode_features: no examples")
-    encoder = getattr(encoder, "bert", encoder)
-    was_training = encoder.training
-    encoder.eval()
-    feats = []
-    try:
-        for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i:i + batch_size])
-            hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).last_hidden_state
-            if pooling == "cls":
-                feats.append(hidden[:, 0])
-            else:
-                m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                feats.append((hidden * m).sum(1) / m.sum(1))
-    finally:
-        encoder.train(was_training)
-    return torch.cat(feats).float()
-
-
-# =====================================================================  question answering
-def _check_answer(i: int, context: str, answer_text: str, answer_start: int) -> None:
-    if not answer_text:
-        raise ValueError(f"QA example {i}: the answer is empty; every training question needs an answer span")
-    if context[answer_start:answer_start + len(answer_text)] != answer_text:
-        found = context.find(answer_text)
-        hint = (f"it occurs at character {found}; fix answer_start" if found >= 0
-                else "the answer text does not occur in the context at all")
-        raise ValueError(f"QA example {i}: answer {answer_text!r} is not at character {answer_start} "
-                         f"of its context ({context[answer_start:answer_start + len(answer_text)]!r} is); {hint}")
-
-
-def encode_qa(tokenizer, questions: Sequence[str], contexts: Sequence[str],
-              answers: Sequence[tuple[str, int]] | None = None, *, max_length: int = 192,
-              stride: int = 64, max_question_length: int = 32) -> list[dict]:
-    """Question/context pairs -> windows ``[CLS] question [SEP] context piece [SEP]``.
-
-    A context longer than one window is cut into windows that overlap by ``stride``
-    tokens, so an answer cut by one window's edge lies whole in the next. Each window
-    keeps ``example`` (its question's index) and ``context_offsets`` (the character span
-    of each token in the context, None outside the context) for mapping answers back.
-    With ``answers`` = ``(answer_text, answer_start)`` pairs, each window gets
-    ``start_positions``/``end_positions``: the answer's first and last token, or 0
-    (``[CLS]``) for a window that does not contain the whole answer, as in BERT's SQuAD code.
-    """
-    if not (len(questions) == len(contexts) and (answers is None or len(answers) == len(questions))):
-        raise ValueError("encode_qa: questions, contexts (and answers) must have the same length")
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    windows = []
-    for i, (question, context) in enumerate(zip(questions, contexts)):
-        q = tokenizer.encode(question).ids[1:-1][:max_question_length]
-        c = tokenizer.encode(context)
-        c_ids, c_offsets = c.ids[1:-1], c.offsets[1:-1]
-        room = max_length - len(q) - 3
-        if room <= stride:
-            raise ValueError(f"max_length={max_length} leaves {room} context tokens per window after the "
-                             f"question, not more than stride={stride}; raise max_length or lower stride")
-        if answers is not None:
-            text, start = answers[i]
-            _check_answer(i, context, text, start)
-            end = start + len(text)
-            # the answer's first and last token in the context (offsets are characters)
-            covered = [t for t, (s, e) in enumerate(c_offsets) if e > start and s < end]
-            if not covered:
-                raise ValueError(f"QA example {i}: no token of the context covers the answer {text!r} "
-                                 "(it is only white space or characters the tokenizer drops)")
-            a_first, a_last = covered[0], covered[-1]
-        w_start = 0
-        while True:
-            w_end = min(w_start + room, len(c_ids))
-            ids = [cls_id] + q + [sep_id] + c_ids[w_start:w_end] + [sep_id]
-            first_ctx = len(q) + 2
-            window = {"input_ids": ids,
-                      "token_type_ids": [0] * first_ctx + [1] * (w_end - w_start + 1),
-                      "example": i,
-                      "context_offsets": [None] * first_ctx + list(c_offsets[w_start:w_end]) + [None]}
-            if answers is not None:
-                inside = w_start <= a_first and a_last < w_end
-                window["start_positions"] = first_ctx + a_first - w_start if inside else 0
-                window["end_positions"] = first_ctx + a_last - w_start if inside else 0
-            windows.append(window)
-            if w_end == len(c_ids):
-                break
-            w_start += room - stride
-    return windows
-
-
-def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, allowed: torch.Tensor,
-              max_answer_length: int = 30) -> tuple[int, int, float]:
-    """The span ``(i, j)`` maximising ``start_logits[i] + end_logits[j]`` with ``i <= j``,
-    ``j - i < max_answer_length`` and both ends at ``allowed`` (context) positions.
-    Returns ``(i, j, score)``; ``(-1, -1, -inf)`` if nothing is allowed."""
-    s = start_logits.float().masked_fill(~allowed, float("-inf"))
-    e = end_logits.float().masked_fill(~allowed, float("-inf"))
-    scores = s[:, None] + e[None, :]
-    n = scores.shape[0]
-    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
-    scores = scores.masked_fill((j < i) | (j - i >= max_answer_length), float("-inf"))
-    best = int(scores.argmax())
-    score = float(scores.flatten()[best])
-    if score == float("-inf"):
-        return -1, -1, score
-    return best // n, best % n, score
-
-
-def predict_answers(model: nn.Module, windows: Sequence[dict], contexts: Sequence[str],
-                    max_answer_length: int = 30, batch_size: int = 32) -> list[tuple[str, int]]:
-    """For each context, the best-scoring span over all of its windows, as
-    ``(answer_text, answer_start)`` in the original context (its own case and spacing)."""
-    best: dict[int, tuple[float, int, int]] = {}
-    for logits, w in zip(predict_logits(model, windows, batch_size), windows):
-        allowed = torch.tensor([o is not None for o in w["context_offsets"]])
-        i, j, score = best_span(logits[:, 0], logits[:, 1], allowed, max_answer_length)
-        if i >= 0 and score > best.get(w["example"], (float("-inf"),))[0]:
-            best[w["example"]] = (score, w["context_offsets"][i][0], w["context_offsets"][j][1])
-    out = []
-    for k, context in enumerate(contexts):
-        if k not in best:
-            out.append(("", 0))
-            continue
-        _, a, b = best[k]
-        out.append((context[a:b], a))
-    return out
-
-
-# =====================================================================  use what you trained
+# ------------------------------------------------------------------ use what you trained
 @dataclass
 class Prediction:
     label: str
@@ -682,8 +307,7 @@ def save_finetuned(directory: str | Path, model: nn.Module, tokenizer, labels: S
     everything :func:`load_finetuned` needs, no pickles. Only sequence classifiers."""
     from safetensors.torch import save as st_save
 
-    from bertmini import runtime
-    from bertmini.heads import BertForSequenceClassification
+    from bertmini.task_heads import BertForSequenceClassification
 
     if not isinstance(model, BertForSequenceClassification):
         raise TypeError(f"save_finetuned saves a BertForSequenceClassification, got {type(model).__name__}")
@@ -705,7 +329,7 @@ def load_finetuned(directory: str | Path) -> FineTunedClassifier:
     from safetensors.torch import load_file
 
     from bertmini.config import BertConfig
-    from bertmini.heads import BertForSequenceClassification
+    from bertmini.task_heads import BertForSequenceClassification
     from bertmini.tokenization import BertTokenizer
 
     directory = Path(directory)

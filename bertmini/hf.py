@@ -1,8 +1,9 @@
 """Move BERT weights between bertmini and ``transformers``, and load a real checkpoint.
 
 Because bertmini names every parameter as ``transformers`` does, the mapping is
-the identity: no renaming, no transposes. What this module adds is strictness.
-Every key must be accounted for and every shape must match; otherwise the error
+the identity: no renaming, no transposes. What this module adds is strictness,
+through the book's one strict loader (:func:`bertmini.checkpoint.load_state_dict_strict`):
+every key must be accounted for and every shape must match; otherwise the error
 names the keys and shapes that do not fit, rather than loading half a model.
 
 * :func:`from_hf`: a ``transformers`` ``BertModel``, ``BertForPreTraining`` or
@@ -22,65 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import load_state_dict_strict
 from .config import BertConfig
 from .model import BertModel
-
-# Buffers older transformers versions saved with the weights; they are not
-# parameters (bertmini rebuilds them), so loading skips them.
-IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 # Models with the pretraining heads: same class name on both sides; the bertmini
 # ones live in ``bertmini.heads`` (chapter 4) and are imported only when needed.
 HEAD_MODELS = ("BertForPreTraining", "BertForMaskedLM")
-
-
-def _is_ignored_buffer(key: str) -> bool:
-    return any(key == b or key.endswith("." + b) for b in IGNORED_BUFFERS)
-
-
-def _describe(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def load_state_dict_strict(
-    model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    source: str = "checkpoint",
-    aliases: dict[str, str] | None = None,
-) -> None:
-    """Copy ``state_dict`` into ``model``; raise ``ValueError`` naming every missing key,
-    unexpected key and shape mismatch at once.
-
-    ``aliases`` maps a key that may appear in ``state_dict`` to the key it is tied to
-    (``{"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}``):
-    such a key is accepted whether or not the model has it, since the tensor it
-    names is loaded under its other name.
-    """
-    aliases = aliases or {}
-    own = model.state_dict()
-    given = {k: v for k, v in state_dict.items() if not _is_ignored_buffer(k)}
-    missing = [k for k in own if k not in given and not (k in aliases and aliases[k] in given)]
-    unexpected = [k for k in given if k not in own and not (k in aliases and aliases[k] in own)]
-    wrong = [
-        f"{k}: {source} {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the {source} ({len(missing)}): {_describe(missing)}")
-    if unexpected:
-        problems.append(f"in the {source} but not in the model ({len(unexpected)}): {_describe(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape ({len(wrong)}): {_describe(wrong)}")
-    if problems:
-        raise ValueError(
-            f"cannot load the {source} into {type(model).__name__}:\n  " + "\n  ".join(problems)
-            + "\nCheck that the config (vocab_size, hidden_size, layers, ...) matches the checkpoint."
-        )
-    to_load = {k: given[k] if k in given else given[aliases[k]] for k in own}
-    model.load_state_dict(to_load, strict=True)
 
 
 def _hf_aliases(hf_model) -> dict[str, str]:
@@ -162,5 +111,5 @@ def load_pretrained(directory: str | os.PathLike, add_pooling_layer: bool = True
     if not add_pooling_layer:
         state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     model = BertModel(config, add_pooling_layer=add_pooling_layer)
-    load_state_dict_strict(model, state, source=str(weights_path))
+    load_state_dict_strict(model, state, source="checkpoint", where=str(weights_path))
     return model.eval()

@@ -19,6 +19,8 @@ only thing worth encoding (chapter 2 shows why).
   ``torch.utils.data.DataLoader``: *dynamic* (a fresh mask every time an
   example is seen, as in RoBERTa) or *static* (one fixed mask per example, as
   in the original BERT data, keyed on ``example["idx"]``).
+- :class:`MaskedBatches` is the pretraining stream of chapter 4: already padded rows,
+  shuffled and masked afresh every epoch with :class:`MLMCollator`'s masking.
 
 Not handled: span masking (SpanBERT), a cap on the number of predictions per
 sequence (``max_predictions_per_seq`` in Google's code), and the original BERT's
@@ -32,7 +34,9 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100  # the label that torch's cross_entropy skips (its default ignore_index)
+from .config import IGNORE_INDEX
+from .padding import length_mask, pad_rows, padded_length
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -331,16 +335,10 @@ class MLMCollator:
             types.append(torch.zeros_like(x) if t is None else torch.as_tensor(t, dtype=torch.long))
             if types[-1].shape != x.shape:
                 raise ValueError(f"example {i}: token_type_ids and input_ids differ in length")
-        length = max(len(x) for x in ids)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(ids), length), dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for row, (x, t) in enumerate(zip(ids, types)):
-            input_ids[row, : len(x)] = x
-            token_type_ids[row, : len(x)] = t
-            attention_mask[row, : len(x)] = 1
+        length = padded_length([len(x) for x in ids], multiple_of=self.pad_to_multiple_of)
+        input_ids = pad_rows(ids, self.pad_token_id, length)
+        token_type_ids = pad_rows(types, 0, length)
+        attention_mask = length_mask([len(x) for x in ids], length)
         if int(input_ids.max()) >= self.vocab_size or int(input_ids.min()) < 0:
             raise ValueError(f"input_ids out of range for a vocabulary of {self.vocab_size}; "
                              "was the data tokenized with a different vocabulary?")
@@ -384,3 +382,40 @@ class MLMCollator:
             batch["next_sentence_label"] = torch.as_tensor(
                 [int(ex["next_sentence_label"]) for ex in examples], dtype=torch.long)
         return batch
+
+
+class MaskedBatches:
+    """The pretraining stream: shuffled batches of pre-tokenized pairs
+    (:class:`bertmini.nsp.PretrainingData`), masked afresh each time (dynamic masking),
+    as dicts for ``model(**batch)``.
+
+    The masking is :class:`MLMCollator`'s (the same selection, 80/10/10 and random-token
+    ids); only the padding is already done. Re-iterable: every ``iter()`` is a new
+    epoch. Shuffling and masking draw from the global torch random state, which
+    :func:`bertmini.train.train` owns and saves, so a resumed run sees exactly the
+    batches it would have. ``use_nsp=False`` leaves ``next_sentence_label`` out (MLM alone).
+    """
+
+    def __init__(self, data, tokenizer, batch_size: int, *, mlm_probability: float = 0.15, use_nsp: bool = True):
+        if batch_size < 1 or batch_size > len(data):
+            raise ValueError(f"batch_size={batch_size} must be between 1 and the {len(data)} examples")
+        self.data, self.batch_size, self.use_nsp = data, batch_size, use_nsp
+        self.collator = MLMCollator(tokenizer, mlm_probability)
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size  # the last partial batch is dropped
+
+    def mask(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+             ) -> dict[str, torch.Tensor]:
+        """``batch`` with ``input_ids`` masked and ``labels`` added (``special_tokens_mask`` consumed)."""
+        batch = dict(batch)
+        special = batch.pop("special_tokens_mask")
+        batch["input_ids"], batch["labels"] = self.collator.mask(batch["input_ids"], special, generator)
+        if not self.use_nsp:
+            batch.pop("next_sentence_label")
+        return batch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.data))
+        for k in range(len(self)):
+            yield self.mask(self.data.batch(order[k * self.batch_size:(k + 1) * self.batch_size]))

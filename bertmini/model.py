@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import BertSelfAttention, Dropout
+from .attention import BertSelfAttention
+from .fast.dropout import Dropout  # nn.Dropout with a cheaper random draw on a CPU
+from .runtime import can_check_values
 from .config import BertConfig
 
 ACT_FN = {
@@ -221,6 +223,23 @@ class BertPreTrainedModel(nn.Module):
         return total
 
 
+def _check_values(cfg: BertConfig, input_ids, token_type_ids, attention_mask) -> None:
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= cfg.vocab_size:
+        raise ValueError(
+            f"input_ids contains id {lo if lo < 0 else hi}, outside the vocabulary [0, {cfg.vocab_size}); was "
+            "the text encoded with a different vocabulary than this model's config.vocab_size?"
+        )
+    if token_type_ids is not None:
+        lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
+        if lo < 0 or hi >= cfg.type_vocab_size:
+            raise ValueError(f"token_type_ids must be in [0, {cfg.type_vocab_size}) (segment A = 0, B = 1), "
+                             f"got values in [{lo}, {hi}]")
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold 1 for real tokens and 0 for padding, nothing else")
+
+
 class BertModel(BertPreTrainedModel):
     """The BERT encoder: embeddings, ``num_hidden_layers`` blocks, and (optionally) the pooler.
 
@@ -242,7 +261,8 @@ class BertModel(BertPreTrainedModel):
 
     def check_inputs(self, input_ids, token_type_ids=None, attention_mask=None) -> None:
         """Raise a clear error for inputs that would otherwise fail deep inside torch
-        (or, worse, silently produce garbage)."""
+        (or, worse, silently produce garbage). Shapes and dtypes are checked always; the
+        values only where reading them is free (:func:`bertmini.runtime.can_check_values`)."""
         cfg = self.config
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -252,19 +272,13 @@ class BertModel(BertPreTrainedModel):
         if input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
             raise TypeError(f"input_ids must hold integer ids, got dtype {input_ids.dtype}")
         batch, seq = input_ids.shape
-        if seq == 0:
-            raise ValueError("input_ids is empty (sequence length 0); encode at least [CLS] and [SEP]")
+        if batch == 0 or seq == 0:
+            raise ValueError(f"input_ids is empty (shape {(batch, seq)}); give at least one row holding "
+                             "[CLS] and [SEP]")
         if seq > cfg.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq} is longer than max_position_embeddings={cfg.max_position_embeddings}; "
                 f"truncate the input to at most {cfg.max_position_embeddings} tokens"
-            )
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"input_ids contains id {bad}, outside the vocabulary [0, {cfg.vocab_size}); was the text "
-                "encoded with a different vocabulary than this model's config.vocab_size?"
             )
         for name, t in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
             if t is not None and tuple(t.shape) != (batch, seq):
@@ -272,16 +286,8 @@ class BertModel(BertPreTrainedModel):
                     f"{name} has shape {tuple(t.shape)} but input_ids has shape {(batch, seq)}; "
                     f"they must match, one entry per token"
                 )
-        if token_type_ids is not None:
-            lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
-            if lo < 0 or hi >= cfg.type_vocab_size:
-                raise ValueError(
-                    f"token_type_ids must be in [0, {cfg.type_vocab_size}) (segment A = 0, B = 1), "
-                    f"got values in [{lo}, {hi}]"
-                )
-        if attention_mask is not None and attention_mask.dtype != torch.bool:
-            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-                raise ValueError("attention_mask must hold 1 for real tokens and 0 for padding, nothing else")
+        if can_check_values(input_ids):
+            _check_values(cfg, input_ids, token_type_ids, attention_mask)
 
     def forward(
         self,
@@ -299,8 +305,10 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # (batch, 1, 1, seq): the same keys hidden for every head and query.
+        # (batch, 1, 1, seq): the same keys hidden for every head and query. Without padding
+        # the fused attention kernels run faster with no mask; finding that out costs a
+        # device sync, so only a CPU looks.
+        if attention_mask is not None and not (can_check_values(attention_mask) and bool(attention_mask.all())):
             mask = attention_mask.to(torch.bool)[:, None, None, :]
         hidden = self.embeddings(input_ids.long(), token_type_ids.long())
         hidden, attentions, states = self.encoder(hidden, mask, output_attentions, output_hidden_states)

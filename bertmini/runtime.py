@@ -13,6 +13,7 @@ is ``gpu`` when CUDA is present and ``cpu`` otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -65,6 +66,26 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def can_check_values(tensor: torch.Tensor) -> bool:
+    """Whether reading ``tensor``'s values is free: on a CPU it is; on a GPU it waits for
+    every queued kernel (a host sync), which would stall each step. Value-range checks of
+    inputs and labels run where this is True; shapes and dtypes are checked everywhere."""
+    return tensor.device.type == "cpu"
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``with eval_mode(model):`` runs the block in eval mode under ``torch.no_grad()``
+    and puts the model back in the mode it was in, even if the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def cache_dir() -> Path:

@@ -18,10 +18,12 @@ truncation. The behaviour is that of ``transformers.BertTokenizerFast`` (the
 corpus, with offsets. Special tokens typed in the text (``"Paris is the [MASK]
 of France"``) are matched literally before normalization, as ``transformers`` does.
 
-``train_wordpiece`` learns a vocabulary with WordPiece's likelihood score
-(merge the pair with the highest ``count(ab) / (count(a) * count(b))``), keeping
-pair counts up to date incrementally so that an 8,000-piece vocabulary trains in
-seconds. ``load_or_train_vocab`` caches the book's vocabulary.
+``WordPieceTrainer`` learns a vocabulary: start from characters, score every
+adjacent pair of pieces, merge the best pair, repeat (``score="gain"`` by
+default; ``SCORES`` lists the choices, the textbook likelihood ratio among
+them). ``train_wordpiece`` runs the same algorithm through its fast twin in
+``bertmini/fast/wordpiece_trainer.py``. The book's cached vocabulary is
+``bertmini.vocab.load_or_train_vocab``.
 
 Not handled:
 
@@ -36,7 +38,6 @@ Not handled:
 """
 from __future__ import annotations
 
-import heapq
 import math
 import os
 import re
@@ -251,7 +252,7 @@ def _truncate_lengths(n1: int, n2: int | None, budget: int) -> tuple[int, int | 
 class BertTokenizer:
     """BERT's uncased WordPiece tokenizer over a vocabulary (a list of pieces, id = index).
 
-    >>> tok = BertTokenizer.from_vocab(data.minilm_vocab_path())
+    >>> tok = BertTokenizer.from_vocab(bertmini.data.minilm_vocab_path())
     >>> tok.encode("Tokenization, un-affable!").tokens
     ['[CLS]', 'token', '##ization', ',', 'un', '-', 'af', '##fa', '##ble', '!', '[SEP]']
     """
@@ -284,7 +285,7 @@ class BertTokenizer:
         if not path.is_file():
             raise FileNotFoundError(
                 f"no vocabulary file at {path}. Pass the path of a vocab.txt, e.g. "
-                "bertmini.data.minilm_vocab_path(), or train one with load_or_train_vocab().")
+                "bertmini.data.minilm_vocab_path(), or train one with train_wordpiece().")
         lines = path.read_text(encoding="utf-8").split("\n")
         if lines and lines[-1] == "":
             lines.pop()
@@ -452,23 +453,23 @@ class BertTokenizer:
             width = max_length
         else:
             width = None
-        batch = {"input_ids": [], "token_type_ids": [], "attention_mask": [], "special_tokens_mask": []}
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' (torch) or None are supported.")
+        rows = {"input_ids": [e.ids for e in encs], "token_type_ids": [e.token_type_ids for e in encs],
+                "attention_mask": [e.attention_mask for e in encs],
+                "special_tokens_mask": [e.special_tokens_mask for e in encs]}
+        if width is None:
+            if return_tensors is None:
+                return rows
+            if len({len(e) for e in encs}) > 1:
+                raise ValueError("encodings have different lengths; use padding=True to make a tensor.")
+            width = len(encs[0]) if encs else 0
+        from .padding import pad_rows  # torch is imported only when tensors are asked for
+
         pad_with = {"input_ids": self.pad_token_id, "token_type_ids": 0, "attention_mask": 0,
                     "special_tokens_mask": 1}
-        for e in encs:
-            rows = {"input_ids": e.ids, "token_type_ids": e.token_type_ids,
-                    "attention_mask": e.attention_mask, "special_tokens_mask": e.special_tokens_mask}
-            for key, row in rows.items():
-                extra = 0 if width is None else width - len(row)
-                batch[key].append(row + [pad_with[key]] * extra)
-        if return_tensors is None:
-            return batch
-        if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' (torch) or None are supported.")
-        import torch
-        if width is None and len({len(e) for e in encs}) > 1:
-            raise ValueError("encodings have different lengths; use padding=True to make a tensor.")
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        batch = {k: pad_rows(v, pad_with[k], length=width) for k, v in rows.items()}
+        return batch if return_tensors == "pt" else {k: v.tolist() for k, v in batch.items()}
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.ids_to_tokens[int(i)] for i in ids]
@@ -544,22 +545,58 @@ class Merge:
     score: float
 
 
+def spell(word: str) -> list[str]:
+    """A word as the trainer starts it: ``"hug"`` -> ``["h", "##u", "##g"]``."""
+    return [word[0]] + [CONTINUATION + ch for ch in word[1:]]
+
+
+def merge_pair(pieces: list[str], left: str, right: str, token: str) -> list[str]:
+    """``pieces`` with each ``left, right`` (read from the left) replaced by ``token``."""
+    if left not in pieces:
+        return pieces   # most words: nothing to merge
+    out = []
+    i = 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and pieces[i] == left and pieces[i + 1] == right:
+            out.append(token)
+            i += 2
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
+def count_pairs(words: list[tuple[list[str], int]]) -> tuple[Counter, Counter]:
+    """How often each piece, and each adjacent pair of pieces, occurs in ``words``
+    (a list of ``(pieces, how often the word occurs)``)."""
+    units: Counter = Counter()
+    pairs: Counter = Counter()
+    for pieces, count in words:
+        for piece in pieces:
+            units[piece] += count
+        for pair in zip(pieces, pieces[1:]):
+            pairs[pair] += count
+    return units, pairs
+
+
 class WordPieceTrainer:
     """Learn WordPiece pieces from word counts, one merge at a time.
 
     Every word starts as characters, the first plain and the rest ``##``-marked
-    (``hug`` -> ``h ##u ##g``); the initial alphabet is all of them. Each step
-    merges the adjacent pair with the highest likelihood score
-    ``count(ab) / (count(a) * count(b))`` (ties: higher ``count(ab)``, then the
-    earlier pair), until ``vocab_size`` pieces exist. Pairs seen fewer than
-    ``min_frequency`` times are never merged.
+    (``hug`` -> ``h ##u ##g``); the alphabet is all of them. Each step counts
+    every adjacent pair of pieces in the corpus, scores it with ``SCORES[score]``
+    and merges the best pair in every word, until ``vocab_size`` pieces exist.
+    The default, ``score="gain"``, is ``count(ab) * log(count(ab) n / (count(a)
+    count(b)))``; ``"likelihood"`` is the textbook ratio ``count(ab) / (count(a)
+    count(b))`` and ``"count"`` is BPE's ``count(ab)``. Ties go to the higher
+    ``count(ab)``, then to the pair whose pieces entered the vocabulary first.
+    Pairs seen fewer than ``min_frequency`` times are never merged.
 
-    Speed comes from never recounting: a merge only touches the words that
-    contain the pair, the pair counts change by the difference, and a heap holds
-    each pair's current score (an entry whose score is out of date is skipped
-    when it reaches the top). Because merging ``a`` and ``b`` lowers
-    ``count(a)`` and ``count(b)``, it *raises* the score of every other pair that
-    uses ``a`` or ``b``, so those pairs are pushed again too.
+    This is the algorithm as written, recounting the whole corpus for every
+    merge: fine for a few hundred merges on a few hundred articles. For the
+    book's 8,000 pieces, ``train_wordpiece`` uses the fast twin
+    ``bertmini.fast.wordpiece_trainer.FastWordPieceTrainer``, which updates the
+    counts instead and is tested to learn the same pieces in the same order.
     """
 
     def __init__(self, vocab_size: int = 8000, min_frequency: int = 2,
@@ -567,10 +604,10 @@ class WordPieceTrainer:
                  score: str = "gain"):
         if score not in SCORES:
             raise ValueError(f"score={score!r}; choose one of {list(SCORES)}.")
-        self.score = score
         if not isinstance(vocab_size, int) or vocab_size <= len(special_tokens):
             raise ValueError(f"vocab_size={vocab_size!r} must be an int larger than the "
                              f"{len(special_tokens)} special tokens.")
+        self.score = score
         self.vocab_size = vocab_size
         self.min_frequency = max(1, int(min_frequency))
         self.special_tokens = list(special_tokens)
@@ -580,140 +617,77 @@ class WordPieceTrainer:
         self.seconds = 0.0
 
     def train(self, word_counts: dict[str, int], progress: bool = False) -> list[str]:
-        """The vocabulary (special tokens, alphabet, then merged pieces in merge order)."""
+        """The vocabulary: special tokens, alphabet, then merged pieces in merge order.
+        Also sets ``alphabet``, ``merges`` (one ``Merge`` per new piece) and ``seconds``."""
         t0 = time.perf_counter()
-        items = sorted((w, c) for w, c in word_counts.items() if 0 < len(w) <= MAX_WORD_CHARS and c > 0)
-        if not items:
-            raise ValueError("no words to train on: the texts are empty or only whitespace.")
-
-        # Alphabet: every first character and every ##-continuation character.
-        char_counts: Counter = Counter()
-        for w, c in items:
-            char_counts[w[0]] += c
-            for ch in w[1:]:
-                char_counts[CONTINUATION + ch] += c
-        alphabet = sorted(char_counts, key=lambda s: (-char_counts[s], s))
-        if self.limit_alphabet is not None:
-            alphabet = alphabet[:self.limit_alphabet]
-        alphabet = sorted(alphabet)
-        self.alphabet = alphabet
-        symbols: list[str] = list(self.special_tokens) + [s for s in alphabet if s not in self.special_tokens]
-        sym_id = {s: i for i, s in enumerate(symbols)}
-
-        # Words as lists of symbol ids (a word with a character outside the
-        # limited alphabet is dropped: it would become [UNK] anyway).
-        words: list[list[int]] = []
-        freqs: list[int] = []
-        for w, c in items:
-            pieces = [w[0]] + [CONTINUATION + ch for ch in w[1:]]
-            if all(p in sym_id for p in pieces):
-                words.append([sym_id[p] for p in pieces])
-                freqs.append(c)
-
-        unit: dict[int, int] = Counter()            # count(a)
-        pairs: dict[tuple[int, int], int] = Counter()  # count(ab)
-        where: dict[tuple[int, int], set[int]] = {}   # words containing ab
-        partners: dict[int, set[tuple[int, int]]] = {}  # pairs that use a
-        for i, (word, f) in enumerate(zip(words, freqs)):
-            for s in word:
-                unit[s] += f
-            for p in zip(word, word[1:]):
-                pairs[p] += f
-                where.setdefault(p, set()).add(i)
-        for p in pairs:
-            partners.setdefault(p[0], set()).add(p)
-            partners.setdefault(p[1], set()).add(p)
-
-        min_freq = self.min_frequency
-        n0 = sum(unit.values())
-        score = SCORES[self.score]
-        heap = [(-score(c, unit[p[0]], unit[p[1]], n0), -c, p) for p, c in pairs.items() if c >= min_freq]
-        heapq.heapify(heap)
-
+        words = self.initial_words(word_counts)
+        vocab = list(self.special_tokens) + [s for s in self.alphabet if s not in self.special_tokens]
+        self.merges = []
         bar = None
-        target = self.vocab_size
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=max(0, target - len(symbols)), desc="WordPiece merges", unit="merge")
-        self.merges = []
-        while len(symbols) < target and heap:
-            neg_score, neg_count, p = heapq.heappop(heap)
-            c = pairs.get(p, 0)
-            if c != -neg_count or c < min_freq or -neg_score != score(c, unit[p[0]], unit[p[1]], n0):
-                continue  # out of date: a fresher entry for this pair is in the heap
-            a, b = p
-            right = symbols[b]
-            new = symbols[a] + (right[len(CONTINUATION):] if right.startswith(CONTINUATION) else right)
-            if new in sym_id:   # the same string reached by another route: reuse its id
-                z = sym_id[new]
-            else:
-                z = len(symbols)
-                symbols.append(new)
-                sym_id[new] = z
-                self.merges.append(Merge(symbols[a], right, new, c, -neg_score))
-                if bar is not None:
-                    bar.update(1)
-
-            # Re-spell every word that contains the pair; record count changes.
-            pair_delta: Counter = Counter()
-            unit_delta: Counter = Counter()
-            for i in sorted(where.get(p, ())):
-                old = words[i]
-                f = freqs[i]
-                merged = []
-                k = 0
-                while k < len(old):
-                    if k + 1 < len(old) and old[k] == a and old[k + 1] == b:
-                        merged.append(z)
-                        k += 2
-                    else:
-                        merged.append(old[k])
-                        k += 1
-                for s in old:
-                    unit_delta[s] -= f
-                for s in merged:
-                    unit_delta[s] += f
-                old_pairs = list(zip(old, old[1:]))
-                new_pairs = list(zip(merged, merged[1:]))
-                for q in old_pairs:
-                    pair_delta[q] -= f
-                for q in new_pairs:
-                    pair_delta[q] += f
-                for q in set(old_pairs) - set(new_pairs):
-                    where[q].discard(i)
-                for q in set(new_pairs) - set(old_pairs):
-                    where.setdefault(q, set()).add(i)
-                words[i] = merged
-
-            for s, d in unit_delta.items():
-                if d:
-                    unit[s] += d
-            touched = {q for q, d in pair_delta.items() if d}
-            for q in touched:
-                pairs[q] += pair_delta[q]
-                if pairs[q] <= 0:
-                    del pairs[q]
-                    where.pop(q, None)
-                    partners[q[0]].discard(q)
-                    partners[q[1]].discard(q)
-                else:
-                    partners.setdefault(q[0], set()).add(q)
-                    partners.setdefault(q[1], set()).add(q)
-            # Pairs sharing a unit whose count fell now score higher: push them again.
-            for s, d in unit_delta.items():
-                if d < 0 and unit[s] > 0 and self.score != "count":
-                    touched |= partners.get(s, set())
-            for q in touched:
-                cq = pairs.get(q, 0)
-                if cq >= min_freq:
-                    heapq.heappush(heap, (-score(cq, unit[q[0]], unit[q[1]], n0), -cq, q))
-            if len(heap) > 4 * len(pairs) + 100_000:   # drop stale entries now and then
-                heap = [(-score(cq, unit[q[0]], unit[q[1]], n0), -cq, q) for q, cq in pairs.items() if cq >= min_freq]
-                heapq.heapify(heap)
+            bar = tqdm(total=max(0, self.vocab_size - len(vocab)), desc="WordPiece merges", unit="merge")
+        self.learn_merges(words, vocab, bar)
         if bar is not None:
             bar.close()
         self.seconds = time.perf_counter() - t0
-        return symbols
+        return vocab
+
+    def initial_words(self, word_counts: dict[str, int]) -> list[tuple[list[str], int]]:
+        """Each word spelled in characters, with its count; sets ``alphabet``.
+
+        Words longer than ``MAX_WORD_CHARS`` are left out (the encoder makes them
+        [UNK] anyway); with ``limit_alphabet`` only the most frequent characters
+        are kept, and so are only the words spelled entirely with them."""
+        items = sorted((w, c) for w, c in word_counts.items() if 0 < len(w) <= MAX_WORD_CHARS and c > 0)
+        if not items:
+            raise ValueError("no words to train on: the texts are empty or only whitespace.")
+        char_counts: Counter = Counter()
+        for word, count in items:
+            for piece in spell(word):
+                char_counts[piece] += count
+        alphabet = sorted(char_counts, key=lambda s: (-char_counts[s], s))
+        if self.limit_alphabet is not None:
+            alphabet = alphabet[:self.limit_alphabet]
+        self.alphabet = sorted(alphabet)
+        known = set(self.alphabet)
+        words = [(spell(word), count) for word, count in items]
+        return [(pieces, count) for pieces, count in words if known.issuperset(pieces)]
+
+    def learn_merges(self, words: list[tuple[list[str], int]], vocab: list[str], bar=None) -> None:
+        """Merge the best pair and append the new piece to ``vocab``, until it is full."""
+        rank = {piece: i for i, piece in enumerate(vocab)}   # breaks ties: earlier pieces first
+        n = sum(len(pieces) * count for pieces, count in words)   # symbols before training
+        while len(vocab) < self.vocab_size:
+            best = self.best_pair(words, rank, n)
+            if best is None:
+                break   # no pair occurs min_frequency times any more
+            (left, right), count, score = best
+            token = left + right.removeprefix(CONTINUATION)
+            words = [(merge_pair(pieces, left, right, token), c) for pieces, c in words]
+            if token in rank:
+                continue   # the same piece, reached before by another pair: nothing new
+            rank[token] = len(vocab)
+            vocab.append(token)
+            self.merges.append(Merge(left, right, token, count, score))
+            if bar is not None:
+                bar.update(1)
+
+    def best_pair(self, words: list[tuple[list[str], int]], rank: dict[str, int],
+                  n: int) -> tuple[tuple[str, str], int, float] | None:
+        """The pair to merge next, its count and its score (None if none is frequent enough)."""
+        units, pairs = count_pairs(words)
+        score = SCORES[self.score]
+
+        def key(pair):   # highest score, then highest count, then earliest pieces
+            a, b = pair
+            return score(pairs[pair], units[a], units[b], n), pairs[pair], -rank[a], -rank[b]
+
+        frequent = [pair for pair, count in pairs.items() if count >= self.min_frequency]
+        if not frequent:
+            return None
+        best = max(frequent, key=key)
+        return best, pairs[best], key(best)[0]
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
@@ -721,33 +695,18 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
                     score: str = "gain", progress: bool = False) -> list[str]:
     """Train a WordPiece vocabulary on ``texts``; returns the list of pieces
     (id = position: special tokens, alphabet, merges), ready for
-    ``BertTokenizer(pieces)``. Use :class:`WordPieceTrainer` to see the merges."""
+    ``BertTokenizer(pieces)``.
+
+    This is where the fast path is chosen: it trains with ``FastWordPieceTrainer``
+    (``bertmini/fast/wordpiece_trainer.py``), which learns exactly what
+    :class:`WordPieceTrainer` learns, in seconds rather than hours for 8,000
+    pieces. Use either trainer directly to see the merges."""
+    from .fast.wordpiece_trainer import FastWordPieceTrainer
     if isinstance(texts, str):
         raise TypeError("train_wordpiece expects a list of texts, not one string; wrap it: [text].")
     counts = count_words(texts, progress=progress)
-    trainer = WordPieceTrainer(vocab_size, min_frequency, special_tokens, limit_alphabet, score)
+    trainer = FastWordPieceTrainer(vocab_size, min_frequency, special_tokens, limit_alphabet, score)
     return trainer.train(counts, progress=progress)
-
-
-def load_or_train_vocab(vocab_size: int = 8000, progress: bool = True) -> BertTokenizer:
-    """The book's own vocabulary: WordPiece trained on the training split of the
-    Wikipedia corpus, cached at ``<cache>/vocab/wiki-wordpiece-<size>.txt``.
-    Deterministic, so every chapter gets the same pieces; the first call trains
-    it (seconds), later calls read the file."""
-    from bertmini import data, runtime
-    path = runtime.cache_dir() / "vocab" / f"wiki-wordpiece-{vocab_size}.txt"
-    if path.is_file():
-        try:
-            return BertTokenizer.from_vocab(path)
-        except ValueError:
-            pass  # a damaged cache file: train again and overwrite it
-    texts = [a.text for a in data.wiki_articles(split="train")]
-    if progress:
-        print(f"Training a {vocab_size}-piece WordPiece vocabulary on {len(texts)} Wikipedia articles "
-              f"(cached afterwards at {path})")
-    pieces = train_wordpiece(texts, vocab_size, progress=progress)
-    runtime.atomic_write_bytes(path, ("\n".join(pieces) + "\n").encode("utf-8"))
-    return BertTokenizer(pieces)
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import Patch, Rectangle
 
+from .config import IGNORE_INDEX
+
 # --------------------------------------------------------------------------- masking (chapter 2)
 
 MASK_KINDS = ("not selected", "[MASK]", "random", "kept")
@@ -25,7 +27,7 @@ def masking_kinds(original_ids, inputs, labels, mask_token_id: int, special_toke
     for o, x, y, s in zip(list(map(int, original_ids)), list(map(int, inputs)), list(map(int, labels)), special):
         if s:
             kinds.append("special")
-        elif y == -100:
+        elif y == IGNORE_INDEX:
             kinds.append("not selected")
         elif x == mask_token_id:
             kinds.append("[MASK]")

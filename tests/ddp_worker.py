@@ -41,8 +41,12 @@ class Net(nn.Module):
         self.LayerNorm = nn.LayerNorm(32)
         self.out = nn.Linear(32, 1)
         self.unused_head = nn.Linear(32, 2)  # like the NSP head when training MLM alone: no gradient
+        # the first feature of every row each forward sees: the test checks that each rank
+        # really ran on its own half (a rank on the whole batch computes the same gradients)
+        self.rows_seen: list[list[float]] = []
 
     def forward(self, x, y):
+        self.rows_seen.append(x[:, 0].tolist())
         pred = self.out(self.LayerNorm(torch.tanh(self.dense(x)))).squeeze(-1)
         return Out(((pred - y) ** 2).mean())
 
@@ -80,6 +84,7 @@ def main(out: Path) -> None:
         "is_initialized": torch.distributed.is_initialized(),
         "backend": str(torch.distributed.get_backend()),
         "history": history.to_dict(),
+        "rows_seen": model.rows_seen,
     }))
 
     # Stopped at step 5 (rank 0's callback decides; rank 1's would have stopped at 2) and resumed from

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertmini.train import load_checkpoint, train
+from bertmini.checkpoint import load_checkpoint
+from bertmini.train import train
 
 HERE = Path(__file__).parent
 spec = importlib.util.spec_from_file_location("ddp_worker", HERE / "ddp_worker.py")
@@ -36,6 +37,12 @@ def test_two_processes_on_half_batches_match_one_process(tmp_path):
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world_size"] == 2 and i["backend"] == "gloo" for i in infos)
+    # each rank ran on its own contiguous half of every global batch: two ranks on the whole
+    # batches (no slicing) would match the reference just as well
+    seen = [i["rows_seen"] for i in infos]
+    assert len(seen[0]) == len(seen[1]) == len(reference.rows_seen) == 12 * 2  # steps x accumulation
+    for half0, half1, whole in zip(seen[0], seen[1], reference.rows_seen):
+        assert len(half0) == len(half1) == len(whole) // 2 == 8 and half0 + half1 == whole
     for k, v in expected.items():
         assert torch.equal(ranks[0][k], ranks[1][k]), f"ranks disagree on {k}"  # DDP keeps replicas identical
         torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")

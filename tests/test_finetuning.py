@@ -1,4 +1,4 @@
-"""Chapter 5: task heads, data preparation, QA windows and spans, the recipe, save/load.
+"""Chapter 5: task heads, data preparation, batches, QA windows and spans, baselines, the recipe, save/load.
 
 Parity is checked against the real thing: the heads against ``transformers``' heads
 with the same weights, the QA windows and NER word alignment against
@@ -13,12 +13,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bertmini import data, runtime  # noqa: E402
-from bertmini.config import BertConfig  # noqa: E402
-from bertmini.finetuning import (BagOfWords, LogisticRegression, align_labels, best_span, collate,  # noqa: E402
-                                 encode_classification, encode_ner, encode_qa, finetune, load_finetuned,
-                                 make_batches, predict_answers, predict_logits, predict_tags, save_finetuned)
-from bertmini.heads import (BertForQuestionAnswering, BertForSequenceClassification,  # noqa: E402
-                            BertForTokenClassification, TaskOutput)
+from bertmini.baselines import BagOfWords, LogisticRegression  # noqa: E402
+from bertmini.config import IGNORE_INDEX, BertConfig  # noqa: E402
+from bertmini.finetuning import (Batches, align_labels, collate, encode_classification, encode_ner,  # noqa: E402
+                                 finetune, load_finetuned, make_batches, predict_logits, predict_tags,
+                                 save_finetuned)
+from bertmini.qa import best_span, encode_qa, predict_answers  # noqa: E402
+from bertmini.task_heads import (BertForQuestionAnswering, BertForSequenceClassification,  # noqa: E402
+                                 BertForTokenClassification, TaskOutput)
 from bertmini.tokenization import BertTokenizer, to_hf_fast  # noqa: E402
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -138,6 +140,37 @@ def test_collate_pads_dynamically():
     assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 2, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, 4, -100], [-100, 1, -100]]
+
+
+def test_collate_pads_ids_with_pad_id_labels_with_ignore_index():
+    batch = collate([{"input_ids": [5, 6], "token_type_ids": [0, 1], "labels": [IGNORE_INDEX, 2],
+                      "word_ids": [None, 0]},
+                     {"input_ids": [5, 6, 7, 8], "token_type_ids": [0, 0, 1, 1], "labels": [IGNORE_INDEX, 1, 0, 3],
+                      "word_ids": [None, 0, 1, 2]}], pad_token_id=9)
+    assert list(batch) == ["input_ids", "token_type_ids", "attention_mask", "labels"], \
+        "collate keeps only the model's inputs, in a fixed order"
+    assert all(v.dtype == torch.long for v in batch.values())
+    assert batch["input_ids"].tolist() == [[5, 6, 9, 9], [5, 6, 7, 8]], "ids pad with pad_token_id"
+    assert batch["token_type_ids"].tolist() == [[0, 1, 0, 0], [0, 0, 1, 1]], "segment ids pad with 0"
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 1, 0, 3]], \
+        "token labels pad with IGNORE_INDEX so the loss skips the padding"
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]], "the mask is 1 on real tokens only"
+    spans = collate([{"input_ids": [1, 2], "start_positions": 1, "end_positions": 1},
+                     {"input_ids": [1], "start_positions": 0, "end_positions": 0}])
+    assert spans["start_positions"].tolist() == [1, 0] and spans["end_positions"].dtype == torch.long
+
+
+def test_batches_are_one_shuffled_epoch_per_iter():
+    examples = [{"input_ids": [i + 1], "labels": i} for i in range(10)]
+    batches = make_batches(examples, 4)
+    assert isinstance(batches, Batches) and len(batches) == 3
+    torch.manual_seed(0)
+    first = [b["labels"].tolist() for b in batches]
+    torch.manual_seed(0)
+    order = torch.randperm(10).tolist()
+    assert first == [order[0:4], order[4:8], order[8:10]], "one torch.randperm per epoch, taken in order"
+    assert sorted(sum([b["labels"].tolist() for b in batches], [])) == list(range(10)), "every example once"
+    assert [b["labels"].tolist() for b in Batches(examples, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_empty_batches_are_clear_errors():

@@ -25,8 +25,17 @@ def minilm_dir():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return transformers.BertTokenizerFast(vocab_file=str(minilm_dir / "vocab.txt"), do_lower_case=True)
+def tokenizer(sentences):
+    # ``vocab=`` (a path): transformers 5 ignores the ``vocab_file`` keyword and silently
+    # builds a 5-token vocabulary, which would feed the models only ids 0-3.
+    tok = transformers.BertTokenizerFast(vocab=str(data.minilm_vocab_path()), do_lower_case=True)
+    assert len(tok) == tok.vocab_size == 30522, f"the MiniLM tokenizer has {len(tok)} pieces, not 30,522"
+    # The real-text tests check what they claim only if the text reaches many rows of the
+    # embedding table, and few of its pieces are [UNK].
+    ids = [i for row in tok(sentences)["input_ids"] for i in row]
+    assert len(set(ids)) > 100, f"the real text uses only {len(set(ids))} distinct ids"
+    assert ids.count(tok.unk_token_id) <= len(ids) // 50, "the real text is mostly [UNK]"
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +81,7 @@ def test_real_weights_padded_batch(models, tokenizer, sentences):
 def test_real_weights_sentence_pairs(models, tokenizer, sentences):
     ours, theirs = models
     b = tokenizer(sentences[:3], sentences[3:], padding=True, return_tensors="pt")
-    assert (b["token_type_ids"] == 1).any()
+    assert (b["token_type_ids"] == 1).any() and (b["attention_mask"] == 0).any()
     with torch.no_grad():
         assert_same(ours(**b), theirs(**b), b["attention_mask"])
 
@@ -83,6 +92,7 @@ def test_attention_probabilities_match_eager(minilm_dir, models, tokenizer, sent
         str(minilm_dir), local_files_only=True, attn_implementation="eager"
     ).eval()
     b = tokenizer(sentences[:2], sentences[2:4], padding=True, return_tensors="pt")
+    assert (b["attention_mask"] == 0).any(), "the batch should contain padding keys"
     with torch.no_grad():
         a = ours(**b, output_attentions=True).attentions
         e = eager(**b, output_attentions=True).attentions
@@ -144,11 +154,11 @@ def test_to_hf_round_trip():
     with torch.no_grad():
         assert_same(ours(ids, attention_mask=mask), theirs(input_ids=ids, attention_mask=mask), mask)
     back = from_hf(theirs)
+    assert list(ours.state_dict()) == list(back.state_dict())  # zip() below would stop at the shorter
     for (k, v), (k2, v2) in zip(ours.state_dict().items(), back.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
-    # and the transformers model saves and reloads through its own code
-    with torch.no_grad():
-        assert theirs.embeddings.word_embeddings.weight.data_ptr() != ours.embeddings.word_embeddings.weight.data_ptr()
+    # to_hf copies: the two models share no storage
+    assert theirs.embeddings.word_embeddings.weight.data_ptr() != ours.embeddings.word_embeddings.weight.data_ptr()
 
 
 def test_to_hf_saved_and_reloaded_by_transformers(tmp_path):

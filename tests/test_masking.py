@@ -27,7 +27,9 @@ MAX_LEN = 128
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return transformers.BertTokenizerFast(vocab=str(data.minilm_vocab_path()))
+    tok = transformers.BertTokenizerFast(vocab=str(data.minilm_vocab_path()), do_lower_case=True)
+    assert len(tok) == 30522  # the real vocabulary, not a silently shrunken one
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,7 @@ def test_loss_only_at_selected_positions(tokenizer, examples):
     logits = torch.randn(*b["labels"].shape, tokenizer.vocab_size, generator=torch.Generator().manual_seed(0))
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"].flatten())
     sel = b["labels"] != IGNORE_INDEX
+    assert sel.any() and (~sel).any()  # else the two sides are trivially equal (or both nan)
     by_hand = torch.nn.functional.cross_entropy(logits[sel], b["labels"][sel])
     assert torch.allclose(loss, by_hand)
 

@@ -6,8 +6,8 @@ The SQuAD cases follow the official v1.1 evaluation script's normalisation.
 """
 import pytest
 
-from bertmini.finetuning import (accuracy, bio_entities, entity_scores, exact_match, macro_f1,
-                                 normalize_answer, squad_scores, token_f1)
+from bertmini.metrics import (accuracy, bio_entities, entity_scores, exact_match, macro_f1, normalize_answer,
+                              squad_scores, token_f1)
 
 
 def test_accuracy():

@@ -9,7 +9,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from bertmini import hf, pretraining as P  # noqa: E402
+from bertmini import hf, nsp, pretraining as P, probes, runtime  # noqa: E402
+from bertmini.masking import MaskedBatches  # noqa: E402
 from bertmini.config import BertConfig  # noqa: E402
 from bertmini.heads import BertForMaskedLM, BertForPreTraining  # noqa: E402
 from bertmini.tokenization import BertTokenizer  # noqa: E402
@@ -96,43 +97,20 @@ def test_decoder_is_tied_and_stays_tied_through_training():
 
 
 def test_checkpoint_round_trip_keeps_the_tie(tmp_path):
-    from bertmini.train import load_checkpoint, save_checkpoint
+    from bertmini.checkpoint import load_checkpoint, save_checkpoint
 
     model = BertForPreTraining(BertConfig(**TINY))
     save_checkpoint(tmp_path / "ckpt", model)
     fresh = BertForPreTraining(BertConfig(**TINY))
     load_checkpoint(tmp_path / "ckpt", fresh)
+    assert list(model.state_dict()) == list(fresh.state_dict())  # zip() would stop at the shorter
     for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
     assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
 
 
-@pytest.mark.parametrize("rows,vocab,block", [(37, 1000, 128), (5, 64, 1024), (1, 300, 7)])
-def test_blocked_linear_cross_entropy_matches_autograd(rows, vocab, block):
-    from bertmini.heads import masked_lm_loss
-
-    g = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 16, generator=g, requires_grad=True)
-    w = (torch.randn(vocab, 16, generator=g) * 2).requires_grad_()  # peaked softmax: the logsumexp must be exact
-    b = torch.randn(vocab, generator=g).requires_grad_()
-    y = torch.randint(0, vocab, (rows,), generator=g)
-    y[0] = vocab - 1  # a label in the last, partial block
-    loss, accuracy = masked_lm_loss(x, w, b, y, block=block)
-    (loss * 3).backward()  # a non-unit upstream gradient
-    mine = [t.grad.clone() for t in (x, w, b)]
-    for t in (x, w, b):
-        t.grad = None
-    logits = torch.nn.functional.linear(x, w, b)
-    ref = torch.nn.functional.cross_entropy(logits, y)
-    (ref * 3).backward()
-    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
-    assert float(accuracy) == float((logits.argmax(-1) == y).float().mean())
-    for a, t in zip(mine, (x, w, b)):
-        torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-4)
-
-
 def test_training_mode_loss_and_gradients_match_the_logits_path():
-    """In train mode the MLM loss skips the logits (heads.masked_lm_loss); with dropout off
+    """In train mode the MLM loss skips the logits (fast.mlm_loss.masked_lm_loss); with dropout off
     it must give eval mode's loss and gradients, in fp32 and (loosely) under bf16 autocast."""
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
@@ -182,12 +160,12 @@ def test_bad_labels_get_clear_errors():
 def test_split_sentences():
     text = ("Arthur C. Clarke co-wrote it with Dr. Kubrick. It was released in 1968! "
             "Was it a success? \"Yes.\" The film cost $10.5 million.")
-    assert P.split_sentences(text) == [
+    assert nsp.split_sentences(text) == [
         "Arthur C. Clarke co-wrote it with Dr. Kubrick.", "It was released in 1968!", "Was it a success?",
         "\"Yes.\"", "The film cost $10.5 million."]
-    assert P.split_sentences("") == []
-    with pytest.raises(TypeError):
-        P.split_sentences(None)
+    assert nsp.split_sentences("") == []
+    with pytest.raises(TypeError, match="takes a string"):  # ours, not an error from deep inside re
+        nsp.split_sentences(None)
 
 
 def _docs(n_docs=40, n_sent=5, length=6):
@@ -199,16 +177,16 @@ def _origin(segment):
     return {(t // 1000, t % 1000 // 10) for t in segment}
 
 
-@pytest.mark.parametrize("negatives", P.NEGATIVES)
+@pytest.mark.parametrize("negatives", nsp.NEGATIVES)
 def test_nsp_pairs_follow_or_not(negatives):
-    pairs = P.make_nsp_pairs(_docs(), max_length=32, seed=0, negatives=negatives)
+    pairs = nsp.make_nsp_pairs(_docs(), max_length=32, seed=0, negatives=negatives)
     labels = [lab for _, _, lab in pairs]
     assert 0.35 < sum(labels) / len(labels) < 0.65  # about half NotNext
     for a, b, label in pairs:
         assert len(a) + len(b) <= 32 - 3 and a and b
         (da, sa_last) = max(_origin(a))
         (db, sb_first) = min(_origin(b))
-        if label == P.IS_NEXT:
+        if label == nsp.IS_NEXT:
             assert db == da and sb_first == sa_last + 1  # B starts right after A ends
         elif negatives == "other_article":
             assert db != da
@@ -219,14 +197,14 @@ def test_nsp_pairs_follow_or_not(negatives):
 
 def test_nsp_pairs_are_deterministic_and_truncated():
     docs = _docs(n_docs=10, n_sent=3, length=30)  # sentences longer than half the budget
-    one = P.make_nsp_pairs(docs, max_length=40, seed=5)
-    assert one == P.make_nsp_pairs(docs, max_length=40, seed=5)
-    assert one != P.make_nsp_pairs(docs, max_length=40, seed=6)
+    one = nsp.make_nsp_pairs(docs, max_length=40, seed=5)
+    assert one == nsp.make_nsp_pairs(docs, max_length=40, seed=5)
+    assert one != nsp.make_nsp_pairs(docs, max_length=40, seed=6)
     assert all(len(a) + len(b) <= 37 for a, b, _ in one)
     with pytest.raises(ValueError, match="negatives"):
-        P.make_nsp_pairs(docs, negatives="random")
+        nsp.make_nsp_pairs(docs, negatives="random")
     with pytest.raises(ValueError, match="two non-empty"):
-        P.make_nsp_pairs(docs[:1])
+        nsp.make_nsp_pairs(docs[:1])
 
 
 def _toy_tokenizer():
@@ -237,27 +215,27 @@ def test_topic_baseline_solves_random_negatives_and_not_swapped_ones():
     # each article has its own four topic words; every sentence also has two common words (60, 61)
     tok = _toy_tokenizer()
     docs = [[[5 + 4 * d + s % 4, 5 + 4 * d + (s + 1) % 4, 60, 61] for s in range(6)] for d in range(12)]
-    train = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=0), tok, 16)
-    other = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=1), tok, 16)
-    same = P.PretrainingData.from_pairs(P.make_nsp_pairs(docs, 16, seed=1, negatives="same_article"), tok, 16)
-    assert P.frequent_pieces(train, 2) == {60, 61}
-    overlap = P.segment_overlap(other, {60, 61})
-    is_next = other.next_sentence_label == P.IS_NEXT
+    train = nsp.PretrainingData.from_pairs(nsp.make_nsp_pairs(docs, 16, seed=0), tok, 16)
+    other = nsp.PretrainingData.from_pairs(nsp.make_nsp_pairs(docs, 16, seed=1), tok, 16)
+    same = nsp.PretrainingData.from_pairs(nsp.make_nsp_pairs(docs, 16, seed=1, negatives="same_article"), tok, 16)
+    assert probes.frequent_pieces(train, 2) == {60, 61}
+    overlap = probes.segment_overlap(other, {60, 61})
+    is_next = other.next_sentence_label == nsp.IS_NEXT
     assert bool((overlap[is_next] > 0).all()) and bool((overlap[~is_next] == 0).all())
-    result = P.topic_baseline(train, {"other": other, "same": same}, stopwords=2)
+    result = probes.topic_baseline(train, {"other": other, "same": same}, stopwords=2)
     assert result["train"] == 1.0 and result["other"] == 1.0
     # swapped pairs share their words exactly as true pairs do: the rule says IsNext for all of them
-    assert result["same"] == pytest.approx(float((same.next_sentence_label == P.IS_NEXT).float().mean()))
+    assert result["same"] == pytest.approx(float((same.next_sentence_label == nsp.IS_NEXT).float().mean()))
 
 
 def test_tensors_and_masked_batches():
     tok = _toy_tokenizer()
     pairs = [([5, 6, 7], [8, 9], 0), ([10], [11, 12, 13, 14], 1)] * 8
-    data = P.PretrainingData.from_pairs(pairs, tok, max_length=12)
+    data = nsp.PretrainingData.from_pairs(pairs, tok, max_length=12)
     assert data.input_ids[0].tolist() == [2, 5, 6, 7, 3, 8, 9, 3, 0, 0, 0, 0]
     assert data.token_type_ids[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
     assert data.special_tokens_mask[0].tolist() == [1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1]
-    stream = P.MaskedBatches(data, tok, batch_size=4, mlm_probability=0.5)
+    stream = MaskedBatches(data, tok, batch_size=4, mlm_probability=0.5)
     torch.manual_seed(0)
     batches = list(stream)
     assert len(batches) == 4
@@ -268,14 +246,23 @@ def test_tensors_and_masked_batches():
     all_labels = torch.cat([b["labels"] for b in batches])
     assert not torch.isin(all_labels, torch.tensor([0, 2, 3])).any()
     assert (all_labels != -100).any()
-    no_nsp = P.MaskedBatches(data, tok, 4, use_nsp=False).mask(data.batch(torch.arange(4)))
+    no_nsp = MaskedBatches(data, tok, 4, use_nsp=False).mask(data.batch(torch.arange(4)))
     assert "next_sentence_label" not in no_nsp
     # masking draws from the global random state, which train() owns: same seed, same batches
     torch.manual_seed(0)
     again = list(stream)
+    assert len(again) == len(batches)  # zip() below would pass on an exhausted, one-shot stream
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(batches, again))
+    # ... and the masks of the same rows follow the seed (a stream with its own fixed generator
+    # would repeat its masks every epoch, under a new shuffle)
+    rows = data.batch(torch.arange(16))
+    masks = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        masks.append(stream.mask(rows)["labels"])
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
     with pytest.raises(ValueError, match="batch_size"):
-        P.MaskedBatches(data, tok, batch_size=100)
+        MaskedBatches(data, tok, batch_size=100)
 
 
 def test_pretrain_is_deterministic_and_saves_and_loads(tmp_path):
@@ -283,14 +270,21 @@ def test_pretrain_is_deterministic_and_saves_and_loads(tmp_path):
 
     tok = _toy_tokenizer()
     docs = [[[5 + (d * 7 + s * 3 + p) % 60 for p in range(4)] for s in range(4)] for d in range(30)]
-    pairs = P.make_nsp_pairs(docs, max_length=16, seed=0)
-    data = P.PretrainingData.from_pairs(pairs, tok, max_length=16)
+    pairs = nsp.make_nsp_pairs(docs, max_length=16, seed=0)
+    data = nsp.PretrainingData.from_pairs(pairs, tok, max_length=16)
     evals = P.fixed_masked_batches(data, tok, batch_size=32)
     rcp = P.recipe("smoke", max_length=16, batch_size=8, max_steps=6, eval_every=3, amp=None)
     one = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
     two = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
+    assert list(one.model.state_dict()) == list(two.model.state_dict())
     for (k, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values()):
         assert torch.equal(a, b), k
+    # the weights moved: two untrained models (or a loader that fills in a fresh seeded
+    # model) would agree just as well
+    runtime.seed_everything(rcp.seed)
+    init = BertForPreTraining(rcp.config(len(tok)))
+    assert not torch.equal(init.bert.embeddings.word_embeddings.weight,
+                           one.model.bert.embeddings.word_embeddings.weight)
     assert len(one.history) == 6 and [e["step"] for e in one.history.evals] == [3, 6]
     assert set(one.results) >= {"mlm_accuracy", "mlm_loss", "nsp_accuracy"}
 
@@ -298,6 +292,7 @@ def test_pretrain_is_deterministic_and_saves_and_loads(tmp_path):
     model, tok2, history, results = P.load_saved(tmp_path / "run")
     assert tok2.ids_to_tokens == tok.ids_to_tokens and results == one.results
     assert history.records == one.history.records
+    assert list(one.model.state_dict()) == list(model.state_dict())
     for (k, a), b in zip(one.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
     encoder = load_pretrained(tmp_path / "run")  # the encoder alone, through chapter 3's loader

@@ -1,14 +1,13 @@
 """bertmini's tokenizer against the real thing: `transformers`' BertTokenizerFast
 with the real bert-base-uncased vocabulary, on the whole Wikipedia corpus and on
-a hard set (tests/fixtures/tokenization_hard_cases.json); the trainer against a
-slow from-scratch reference; bad input."""
+a hard set (tests/fixtures/tokenization_hard_cases.json); the fast WordPiece
+trainer against the readable one; bad input."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import unicodedata
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bertmini import data  # noqa: E402
+from bertmini.fast.wordpiece_trainer import FastWordPieceTrainer  # noqa: E402
 from bertmini.tokenization import (  # noqa: E402
-    CONTINUATION, SCORES, SPECIAL_TOKENS, BertTokenizer, WordPieceTrainer, basic_tokenize,
-    count_words, load_or_train_vocab, normalize, to_fast, to_hf_fast, train_wordpiece)
+    SCORES, SPECIAL_TOKENS, BertTokenizer, WordPieceTrainer, basic_tokenize, count_words, normalize,
+    to_fast, to_hf_fast, train_wordpiece)
+from bertmini.vocab import load_or_train_vocab  # noqa: E402
 
 HARD = json.loads((Path(__file__).parent / "fixtures" / "tokenization_hard_cases.json").read_text())
 
@@ -32,7 +33,7 @@ def tok():
 @pytest.fixture(scope="module")
 def hf():
     from transformers import BertTokenizerFast
-    # transformers 5 ignores `vocab_file=` here (it builds a 5-token vocab); `vocab=` reads the file.
+    # transformers 5 ignores the vocab_file keyword here (it builds a 5-token vocab); `vocab=` reads the file.
     t = BertTokenizerFast(vocab=str(data.minilm_vocab_path()), do_lower_case=True)
     assert len(t) == 30522
     return t
@@ -191,56 +192,53 @@ def test_literal_special_tokens(tok):
 
 # ---------------------------------------------------------------- trainer
 
-def _reference_trainer(word_counts, vocab_size, score_name, min_frequency=2):
-    """The trainer written the slow, obvious way: recount everything every step."""
-    score = SCORES[score_name]
-    items = sorted((w, c) for w, c in word_counts.items() if 0 < len(w) <= 100)
-    alphabet = sorted({w[0] for w, _ in items} | {CONTINUATION + ch for w, _ in items for ch in w[1:]})
-    symbols = list(SPECIAL_TOKENS) + alphabet
-    sym_id = {s: i for i, s in enumerate(symbols)}
-    words = [([sym_id[w[0]]] + [sym_id[CONTINUATION + ch] for ch in w[1:]], c) for w, c in items]
-    n0 = sum(len(w) * c for w, c in words)
-    while len(symbols) < vocab_size:
-        unit, pairs = Counter(), Counter()
-        for w, c in words:
-            for s in w:
-                unit[s] += c
-            for p in zip(w, w[1:]):
-                pairs[p] += c
-        cands = [(-score(c, unit[a], unit[b], n0), -c, (a, b)) for (a, b), c in pairs.items() if c >= min_frequency]
-        if not cands:
-            break
-        _, _, (a, b) = min(cands)
-        right = symbols[b]
-        new = symbols[a] + (right[2:] if right.startswith(CONTINUATION) else right)
-        if new not in sym_id:
-            sym_id[new] = len(symbols)
-            symbols.append(new)
-        z = sym_id[new]
-        for k, (w, c) in enumerate(words):
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
-                    out.append(z)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            words[k] = (out, c)
-    return symbols
+def _both_trainers(counts, vocab_size, **kw):
+    """(vocabulary, merges) of the readable trainer and of its fast twin."""
+    plain, fast = WordPieceTrainer(vocab_size, **kw), FastWordPieceTrainer(vocab_size, **kw)
+    return (plain.train(counts), plain.merges), (fast.train(counts), fast.merges)
 
 
 @pytest.mark.parametrize("score", sorted(SCORES))
-def test_incremental_trainer_equals_reference(articles, score):
-    counts = count_words(articles[:60])
-    fast = WordPieceTrainer(450, score=score).train(counts)
-    assert fast == _reference_trainer(counts, 450, score)
+def test_fast_trainer_equals_readable_trainer_on_wikipedia(score):
+    counts = count_words([a.text for a in data.wiki_articles("train")][:200])
+    alphabet = WordPieceTrainer()
+    alphabet.initial_words(counts)
+    plain, fast = _both_trainers(counts, len(SPECIAL_TOKENS) + len(alphabet.alphabet) + 80, score=score)
+    assert len(plain[1]) == 80
+    assert fast == plain   # same pieces in the same order, same counts and scores
+
+
+TOY = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
+
+
+@pytest.mark.parametrize("score", sorted(SCORES))
+@pytest.mark.parametrize("counts", [TOY, {"aaaa": 3, "aaa": 2, "ba": 1}, {"ab": 3, "abab": 2, "ba": 4}],
+                         ids=["toy", "overlapping", "repeats"])
+def test_fast_trainer_equals_readable_trainer_on_hand_cases(counts, score):
+    for min_frequency in (1, 2, 4):
+        for limit_alphabet in (None, 2):
+            plain, fast = _both_trainers(counts, 40, score=score, min_frequency=min_frequency,
+                                         limit_alphabet=limit_alphabet)
+            assert fast == plain, (min_frequency, limit_alphabet)
+
+
+def test_trainer_ties_and_min_frequency():
+    # all three pairs score 0.5 by likelihood: the higher count wins, then the earlier pieces
+    ties = {"ab": 2, "ed": 1, "cd": 1}
+    for trainer in (WordPieceTrainer(20, min_frequency=1, score="likelihood"),
+                    FastWordPieceTrainer(20, min_frequency=1, score="likelihood")):
+        trainer.train(ties)
+        assert [(m.token, m.count, m.score) for m in trainer.merges] == [
+            ("ab", 2, 0.5), ("cd", 1, 0.5), ("ed", 1, 1.0)]
+    for cls in (WordPieceTrainer, FastWordPieceTrainer):   # a pair seen once is never merged
+        trainer = cls(20, min_frequency=2, score="count")
+        vocab = trainer.train({"ab": 3, "cd": 1})
+        assert [m.token for m in trainer.merges] == ["ab"] and vocab[-1] == "ab" and len(vocab) < 20
 
 
 def test_trainer_on_a_tiny_corpus():
-    counts = {"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}
     trainer = WordPieceTrainer(len(SPECIAL_TOKENS) + 9 + 1, score="likelihood", min_frequency=1)
-    vocab = trainer.train(counts)
+    vocab = trainer.train(TOY)
     # ##g ##s co-occur in all 5 uses of ##s: 5 / (20 * 5) = 0.05 beats every other pair
     assert trainer.merges[0].token == "##gs" and math.isclose(trainer.merges[0].score, 5 / (20 * 5))
     assert vocab[:5] == list(SPECIAL_TOKENS) and "##u" in vocab and "h" in vocab
