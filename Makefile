@@ -28,7 +28,7 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 # Offline, with a fresh cache so nothing from an earlier run hides a failure.
 TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 NBVAL := --nbval-lax --nbval-cell-timeout=1500 --sanitize-with tests/sanitize.cfg
-NOTEBOOKS := chapters appendix/data.ipynb
+NOTEBOOKS := chapters appendix
 JB_CACHE := $(CURDIR)/_build/.jupyter_cache
 
 # The executed web book in _build/html (notebooks run once, then cached by their code).
