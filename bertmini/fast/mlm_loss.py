@@ -91,13 +91,3 @@ def masked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
         return LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), bias.to(dtype), labels, block)
-
-
-def masked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   labels: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, accuracy)`` of the MLM decoder through :class:`LinearCrossEntropy`, in the
-    autocast dtype when autocast is on (as ``F.linear`` would run)."""
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    with torch.autocast(device, enabled=False):
-        return LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), bias.to(dtype), labels, block)
