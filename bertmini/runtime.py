@@ -88,6 +88,32 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
+def use_available_cores() -> int:
+    """Let torch use as many threads as this process may run on (``os.sched_getaffinity``:
+    a container or ``taskset`` may allow fewer cores than the machine has), never more;
+    ``OMP_NUM_THREADS``, if set, wins. Two jobs with a thread per core each spin against
+    each other, so more threads than cores only slows training. Returns the thread count."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    return torch.get_num_threads()
+
+
+def file_mode(directory: bool = False) -> int:
+    """The mode a new file (or directory) gets from the umask, as ``open()`` and ``mkdir``
+    give it. ``tempfile`` creates 0600 files and 0700 folders; a cache filled before a
+    workshop must stay readable to the attendees, so every temporary that is renamed into
+    place gets this mode first."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def cache_dir() -> Path:
     """``BERTMINI_CACHE`` if set, else ``~/.cache/bertmini``; created on first use."""
     root = os.environ.get("BERTMINI_CACHE") or os.path.join(Path.home(), ".cache", "bertmini")
@@ -103,6 +129,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -484,6 +484,8 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     dist, device = distributed.init_distributed(config.device)
     device = torch.device(device) if device is not None else runtime.device()
+    if device.type == "cpu":
+        runtime.use_available_cores()  # never more threads than cores this process may use
     total_steps, callbacks = config.total_steps(train_data), list(callbacks or [])
     model = unwrap(model).to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
