@@ -1,4 +1,4 @@
-"""Checkpoints: a model's weights and a run's state on disk, in safetensors (never pickles), written atomically.
+"""Checkpoints: a model's weights and a run's state on disk, in safetensors (never pickles), saved all or nothing.
 
 A checkpoint is a directory:
 
@@ -7,7 +7,13 @@ A checkpoint is a directory:
   name recorded in the file's metadata;
 - ``training_state.safetensors`` + ``training_state.json``: the step, the optimizer and
   scheduler state, the random state of every generator, the history and ``extra``
-  values; tensors go to the safetensors file, everything else to JSON.
+  values; tensors go to the safetensors file, everything else to JSON;
+- ``checkpoint.json``: the manifest, each file's sha256, checked on every load.
+
+Every saved folder of the book (checkpoints, :func:`bertmini.pretraining.save_pretrained`,
+:func:`bertmini.finetuning.save_finetuned`) is written by :func:`write_files_atomically`:
+a save writes and replaces only its own files, anything else in the folder is left alone,
+and whenever the process dies the folder holds the old save or the new one, never a mix.
 
 :func:`load_state_dict_strict` is the one strict loader of the book (checkpoints here,
 ``transformers`` weights in :mod:`bertmini.hf`): every key accounted for, every shape
@@ -15,24 +21,24 @@ equal, or an error that names each one that is not, before anything is changed.
 
 The random state (torch, Python, NumPy, CUDA) is saved so that a resumed run draws the
 same numbers as an uninterrupted one; :func:`rng_state` / :func:`set_rng_state` capture
-and restore it.
+and restore it. Saving itself draws no random numbers.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -44,6 +50,9 @@ CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.safetensors"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
+MANIFEST_FILE = "checkpoint.json"  # in every saved folder: each file's sha256
+JOURNAL_FILE = ".checkpoint.journal.json"  # there only while a committed save renames its files
+MANIFEST_FORMAT = 1
 LAST = "last"  # train() keeps its latest checkpoint in <checkpoint_dir>/last
 # Buffers older transformers versions saved with the weights; bertmini rebuilds them.
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -51,6 +60,10 @@ IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 class CheckpointMismatchError(ValueError):
     """Weights that do not fit the model they are loaded into (keys or shapes)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A saved file that is damaged, truncated, missing, or differs from the sha256 saved with it."""
 
 
 # --------------------------------------------------------------------------- random state
@@ -186,6 +199,15 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     ``model`` are filled through each other. ``source`` names the weights in the message
     ("checkpoint", "BertForPreTraining"); ``where`` says where they came from (a path).
     """
+    checked = checked_state_dict(model, state_dict, source, aliases, where)
+    with torch.no_grad():
+        model.load_state_dict(checked, strict=True)
+
+
+def checked_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                       aliases: Mapping[str, str] | None = None, where: str = "") -> dict[str, torch.Tensor]:
+    """The checks of :func:`load_state_dict_strict` without the copy: ``{model key: tensor}``,
+    ready for ``model.load_state_dict(..., strict=True)``, or the error. Changes nothing."""
     aliases = dict(aliases or {})
     own = model.state_dict()
     aliases.update({k: v for k, v in tied_names(own).items() if k not in aliases})
@@ -208,8 +230,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             + "\nBuild the model with the configuration the weights were saved with "
             "(same class, sizes and vocabulary)."
         )
-    with torch.no_grad():
-        model.load_state_dict({k: lookup(k) for k in own}, strict=True)
+    return {k: lookup(k) for k in own}
 
 
 def _model_file_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
@@ -220,38 +241,319 @@ def _model_file_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
     return st_save(tensors, metadata={**metadata, "aliases": json.dumps(aliases)})
 
 
-# --------------------------------------------------------------------------- save and load
+# --------------------------------------------------------------------------- a folder's files, all or nothing
+#
+# How write_files_atomically saves {name: bytes} into a folder, so that a process killed at any
+# moment leaves the old save or the new one, and never touches a file that is not its own:
+#   1. each file is written to a temporary ``.<name>.<id>.tmp`` beside it and flushed to disk;
+#   2. a journal naming the temporaries is renamed to JOURNAL_FILE: the commit point. Before it the
+#      old files are untouched; from it on, the new ones are the saved ones;
+#   3. the temporaries are renamed over the old files (the manifest, with each sha256, last);
+#   4. the journal is removed.
+# A reader that finds a journal reads the new files through it and changes nothing (so a read-only
+# folder works too); the next save, or train(resume=True), finishes the renames. Temporaries that
+# no journal names are what a save that died before its commit left; they are deleted then too.
+
+_TEMPORARY = re.compile(r"^\..+\.\d+-\d+\.tmp$")  # the names _temporary_name makes
+
+
+def _temporary_name(name: str, save_id: str) -> str:
+    return f".{name}.{save_id}.tmp"
+
+
+def _fix(directory: Path) -> str:
+    return f"delete {directory} and save (or train) it again"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and flush it to the disk, so that no rename exposes a file
+    the disk does not hold yet. The mode is the umask's (``runtime.file_mode``), as for any new
+    file: tempfile's 0600 would lock the attendees of a workshop out of a cache prepared for them."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    with os.fdopen(os.open(path, flags, runtime.file_mode()), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (POSIX; Windows cannot open a folder and needs no such step)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def _atomic_dir(path: Path):
-    """Write a checkpoint into a fresh temporary sibling directory, then swap it in with renames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+def _locked(directory: Path, exclusive: bool):
+    """Hold a lock on the folder itself: one save at a time and no load during a save, across
+    processes, so that no save deletes the temporaries of another one still running. POSIX
+    ``flock``; where there is none (Windows), saves into one folder are not guarded."""
+    fd = None
     try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(path, old)
-        os.replace(tmp, path)  # a rename: readers see the old checkpoint or the new one, never half
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        pass
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):  # a file system without locks (some network ones)
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing it releases the lock
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, step: int = 0, history: History | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Save a checkpoint *directory* ``path`` (the files in the module docstring).
+def _read_journal(directory: Path) -> dict[str, str] | None:
+    """``{name: temporary}`` of a committed save whose renames are not finished, else None."""
+    path = directory / JOURNAL_FILE
+    try:
+        temporaries = json.loads(path.read_bytes())["temporaries"]
+        names = [*temporaries, *temporaries.values()]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptCheckpointError(f"{path}, the record of an interrupted save, is damaged ({e}): "
+                                     f"{_fix(directory)}") from e
+    if not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+        raise CorruptCheckpointError(f"{path} names files outside {directory}: {_fix(directory)}")
+    return temporaries
 
-    ``extra`` is a dict of numbers, strings, lists, dicts and tensors. The directory is
-    written beside ``path`` and renamed into place, so a crash leaves the previous
-    checkpoint (or none), never a mix. Returns ``path``.
+
+def _finish_renames(directory: Path, temporaries: Mapping[str, str]) -> None:
+    for name, temporary in temporaries.items():  # in the order written: the manifest last
+        if (directory / temporary).is_file():
+            os.replace(directory / temporary, directory / name)
+    _sync_dir(directory)
+    os.unlink(directory / JOURNAL_FILE)
+    _sync_dir(directory)
+
+
+def _recover(directory: Path) -> None:
+    """Finish a committed save, then delete the temporaries of saves that died before committing."""
+    journal = _read_journal(directory)
+    if journal is not None:
+        _finish_renames(directory, journal)
+    for path in directory.iterdir():
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink()
+
+
+def _finish_old_swap(path: Path) -> None:
+    """Earlier bertmini versions swapped a whole new checkpoint folder in with two renames; a run
+    killed between them left the complete previous one as ``.<name>.old-*`` and no ``<name>``.
+    Put the newest of those back, and delete what such swaps left behind."""
+    if not path.parent.is_dir():
+        return
+    prefix = f".{path.name}."
+    swapped = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    olds = sorted((p for p in swapped if p.name[len(prefix):].startswith("old-")), key=lambda p: p.stat().st_mtime)
+    temporaries = [p for p in swapped if p.name.endswith(".tmp")]
+    if olds and not (path / MODEL_FILE).is_file() and not (path / JOURNAL_FILE).is_file():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
+            os.replace(olds.pop(), path)
+    for leftover in olds + temporaries:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def recover(directory: str | os.PathLike) -> Path:
+    """Finish or clear away an interrupted save in ``directory``: a save that died after its
+    commit point is completed, the temporaries of one that died before it are deleted (the old
+    files were never touched). Saves do this first; ``train(resume=True)`` does it before
+    looking for a checkpoint. Returns ``directory``."""
+    directory = Path(directory)
+    _finish_old_swap(directory)
+    if directory.is_dir():
+        with _locked(directory, exclusive=True):
+            _recover(directory)
+    return directory
+
+
+def _folder_to_save_into(directory: Path, names: Sequence[str]) -> Path:
+    bad = [n for n in names if Path(n).name != n or n.startswith(".") or n == MANIFEST_FILE]
+    if bad:
+        raise ValueError(f"cannot save files named {bad}: give plain file names, not starting with '.', "
+                         f"other than {MANIFEST_FILE}")
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"cannot save into {directory}: it is a file, not a folder (it was left as it "
+                                 "is). Give the path of a folder: a new one, or one a save wrote before")
+    _finish_old_swap(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(f"cannot create the folder {directory} ({e.strerror or e}): "
+                      "give a folder you may write to") from e
+    in_the_way = [n for n in names if (directory / n).is_dir()]
+    if in_the_way:
+        raise IsADirectoryError(f"cannot save {in_the_way} into {directory}: folders of those names are in "
+                                "the way; move or rename them")
+    return directory
+
+
+def write_files_atomically(directory: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
+    """Save ``files`` (``{name: bytes}``) into the folder ``directory``, all or nothing.
+
+    Only these files (and the manifest ``checkpoint.json``, which records each one's sha256)
+    are written or replaced; every other file in the folder is left as it was. Killed at any
+    moment, the folder holds the previous save or this one, never a mix, and
+    :func:`read_files` reads whichever it is (the steps are in the comment above). A
+    ``directory`` that is a file is refused. Draws no random numbers. Returns ``directory``.
     """
-    path = Path(path)
+    directory = _folder_to_save_into(Path(directory), list(files))
+    manifest = {"format": MANIFEST_FORMAT, "files": {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()}}
+    files = {**files, MANIFEST_FILE: json.dumps(manifest, indent=1).encode()}  # the manifest last
+    save_id = f"{os.getpid()}-{time.time_ns()}"
+    temporaries = {name: _temporary_name(name, save_id) for name in files}
+    journal = directory / _temporary_name(JOURNAL_FILE, save_id)
+    with _locked(directory, exclusive=True):
+        _recover(directory)
+        try:
+            for name, data in files.items():
+                _write_file(directory / temporaries[name], data)
+            _write_file(journal, json.dumps({"format": MANIFEST_FORMAT, "temporaries": temporaries}).encode())
+            _sync_dir(directory)  # every temporary is on the disk before the commit
+            os.replace(journal, directory / JOURNAL_FILE)  # the commit point
+        except BaseException:  # not committed: the old files are untouched; remove this save's own
+            for path in [journal, *(directory / t for t in temporaries.values())]:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+        _finish_renames(directory, temporaries)
+    return directory
+
+
+def _read_manifest(path: Path, directory: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_bytes())
+        files, fmt = manifest["files"], int(manifest["format"])
+        if not all(isinstance(v["sha256"], str) and isinstance(v["bytes"], int) for v in files.values()):
+            raise TypeError("a sha256 that is not a string or a size that is not a number")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptCheckpointError(f"{path} (the list of saved files and their sha256) is damaged "
+                                     f"({type(e).__name__}: {e}): {_fix(directory)}") from e
+    if fmt > MANIFEST_FORMAT:
+        raise ValueError(f"{directory} was saved by a newer bertmini (manifest format {fmt}); upgrade bertmini")
+    return files
+
+
+def _read_checked(path: Path, expected: Mapping[str, Any] | None, directory: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{path} is missing, though {MANIFEST_FILE} lists it: "
+                                     f"{_fix(directory)}") from None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise CorruptCheckpointError(
+            f"{path} is damaged: its contents ({len(data)} bytes) differ from the sha256 saved with it in "
+            f"{directory / MANIFEST_FILE} ({expected['bytes']} bytes). It was changed or damaged after "
+            f"it was saved: {_fix(directory)}")
+    return data
+
+
+def read_files(directory: str | os.PathLike, names: Sequence[str], optional: Sequence[str] = (),
+               hint: str = "") -> dict[str, bytes]:
+    """The bytes of the files ``names``, and of those of ``optional`` that the last save wrote,
+    from a folder saved by :func:`write_files_atomically`, each checked against its sha256.
+
+    Raises :class:`CorruptCheckpointError` naming a file that is damaged or missing, and
+    ``FileNotFoundError`` (ending with ``hint``: how to make one) if a name was not saved.
+    A folder without a manifest (saved by bertmini before manifests, or by ``transformers``)
+    is read as it is, unchecked. Changes nothing on disk.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file: give the folder a save wrote (the one that holds it?)")
+    with _locked(directory, exclusive=False):
+        moved = {n: directory / t for n, t in (_read_journal(directory) or {}).items() if (directory / t).is_file()}
+        manifest = moved.get(MANIFEST_FILE, directory / MANIFEST_FILE)
+        listed = _read_manifest(manifest, directory) if manifest.is_file() else None
+        found = {}
+        for name in [*names, *optional]:
+            path = moved.get(name, directory / name)
+            saved = name in listed if listed is not None else path.is_file()
+            if saved:
+                found[name] = _read_checked(path, None if listed is None else listed[name], directory)
+            elif name in names:
+                why = "is missing" if listed is None else f"is not part of the last save into it ({MANIFEST_FILE})"
+                raise FileNotFoundError(f"{directory / name} {why}{hint}")
+    return found
+
+
+def parse_json(data: bytes, path: Path) -> Any:
+    """JSON from the bytes of a saved file, or an error that names the file and the fix."""
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({e}): {_fix(path.parent)}") from e
+
+
+def parse_safetensors(data: bytes, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata in the bytes of a safetensors file (an 8-byte length, a JSON
+    header, the raw tensors), or an error that names the file and the fix."""
+    try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        return st_load(data), dict(header.get("__metadata__") or {})
+    except Exception as e:  # safetensors' own error says neither which file nor what to do
+        raise CorruptCheckpointError(f"{path} is not a readable safetensors file ({e}): "
+                                     f"{_fix(path.parent)}") from e
+
+
+def config_and_vocab_files(config: Any, tokenizer: Any) -> dict[str, bytes]:
+    """``config.json`` and ``vocab.txt`` of a saved model, as ``BertConfig.to_json`` and
+    ``BertTokenizer.save`` write them, for :func:`write_files_atomically`."""
+    config_json = {"model_type": "bert", "architectures": ["BertModel"], **config.to_dict()}
+    return {"config.json": json.dumps(config_json, indent=2).encode(),
+            "vocab.txt": ("\n".join(tokenizer.ids_to_tokens) + "\n").encode("utf-8")}
+
+
+def read_config_and_vocab(files: Mapping[str, bytes], directory: Path) -> tuple[Any, Any]:
+    """``(BertConfig, BertTokenizer)`` from the bytes :func:`read_files` returned."""
+    from .config import BertConfig
+    from .tokenization import BertTokenizer
+
+    config = BertConfig.from_dict(parse_json(files["config.json"], directory / "config.json"))
+    try:
+        lines = files["vocab.txt"].decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise CorruptCheckpointError(f"{directory / 'vocab.txt'} is not UTF-8 text ({e}): {_fix(directory)}") from e
+    if lines and lines[-1] == "":
+        lines.pop()
+    return config, BertTokenizer([line.rstrip("\r") for line in lines])
+
+
+# --------------------------------------------------------------------------- save and load
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` and write and remove a small file in it, so that a folder that
+    cannot hold checkpoints is found before training starts, not after its last step."""
+    directory = Path(directory)
+    probe = directory / _temporary_name("write-test", f"{os.getpid()}-{time.time_ns()}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_file(probe, b"")
+        probe.unlink()
+    except OSError as e:
+        raise type(e)(f"cannot write checkpoints to {directory} ({e.strerror or e}): give a "
+                      "checkpoint_dir you may write to, with some free space") from e
+    return directory
+
+
+def checkpoint_files(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                     step: int = 0, history: History | None = None,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, bytes]:
+    """The files of a checkpoint (the module docstring lists them) as ``{name: bytes}``."""
     tensors: dict[str, torch.Tensor] = {}
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -262,24 +564,37 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         "history": None if history is None else history.to_dict(),
         "extra": split_tensors(dict(extra or {}), "extra.", tensors),
     }
-    with _atomic_dir(path) as tmp:
-        (tmp / MODEL_FILE).write_bytes(_model_file_bytes(model, {"format": "pt", "step": str(int(step))}))
-        (tmp / STATE_TENSORS_FILE).write_bytes(st_save(tensors, metadata={"format": "pt"}))
-        (tmp / STATE_JSON_FILE).write_text(json.dumps(state, indent=1, allow_nan=True))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    return path
+    return {MODEL_FILE: _model_file_bytes(model, {"format": "pt", "step": str(int(step))}),
+            STATE_TENSORS_FILE: st_save(tensors, metadata={"format": "pt"}),
+            STATE_JSON_FILE: json.dumps(state, indent=1, allow_nan=True).encode()}
 
 
-def _read_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
-    json_file = path / STATE_JSON_FILE
-    if not json_file.is_file():
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, step: int = 0, history: History | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a checkpoint into the *directory* ``path`` (the files in the module docstring).
+
+    ``extra`` is a dict of numbers, strings, lists, dicts and tensors. The save is all or
+    nothing (:func:`write_files_atomically`): a crash leaves the previous checkpoint (or
+    none), never a mix, and other files in ``path`` are left alone. Returns ``path``.
+    """
+    return write_files_atomically(path, checkpoint_files(model, optimizer, scheduler, step, history, extra))
+
+
+def _read_state(path: Path, files: Mapping[str, bytes], optimizer, scheduler) -> dict[str, Any]:
+    if STATE_JSON_FILE not in files:
         if optimizer is not None or scheduler is not None:
             raise FileNotFoundError(f"{path} holds model weights only ({STATE_JSON_FILE} missing): "
                                     "it cannot restore an optimizer or scheduler")
         return {"step": 0, "history": None, "extra": {}, "rng": None}
-    state = join_tensors(json.loads(json_file.read_text()), st_load((path / STATE_TENSORS_FILE).read_bytes()))
+    if STATE_TENSORS_FILE not in files:
+        raise CorruptCheckpointError(f"{path / STATE_TENSORS_FILE} is missing beside {STATE_JSON_FILE}: {_fix(path)}")
+    tensors, _ = parse_safetensors(files[STATE_TENSORS_FILE], path / STATE_TENSORS_FILE)
+    try:
+        state = join_tensors(parse_json(files[STATE_JSON_FILE], path / STATE_JSON_FILE), tensors)
+    except KeyError as e:
+        raise CorruptCheckpointError(f"{path / STATE_JSON_FILE} names a tensor {e} that {STATE_TENSORS_FILE} "
+                                     f"lacks: {_fix(path)}") from None
     if optimizer is not None and state.get("optimizer") is None:
         raise ValueError(f"{path} was saved without an optimizer state; load it without optimizer=")
     if scheduler is not None and state.get("scheduler") is None:
@@ -288,11 +603,22 @@ def _read_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
 
 
 def _optimizer_state(path: Path, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if len(saved["param_groups"]) != len(optimizer.param_groups):
+    """The saved optimizer state, checked against ``optimizer`` (groups, their sizes, each tensor's shape)."""
+    have = [len(g["params"]) for g in saved["param_groups"]]
+    want = [len(g["params"]) for g in optimizer.param_groups]
+    if have != want:
         raise CheckpointMismatchError(
-            f"{path}: the optimizer state has {len(saved['param_groups'])} parameter groups, this "
-            f"optimizer {len(optimizer.param_groups)}; build it with make_optimizer(model, ...)")
+            f"{path}: the saved optimizer has parameter groups of {have} tensors, this optimizer {want}: "
+            "build it as the saved run did, with make_optimizer(model, ...) over the same trainable "
+            "parameters (the same ones frozen)")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     saved["state"] = {int(k): v for k, v in saved["state"].items()}
+    wrong = [f"parameter {i} {k}: saved {tuple(v.shape)} vs {tuple(params[i].shape)}"
+             for i, st in saved["state"].items() for k, v in st.items()
+             if isinstance(v, torch.Tensor) and v.dim() > 0 and (i >= len(params) or v.shape != params[i].shape)]
+    if wrong:
+        raise CheckpointMismatchError(f"{path}: the optimizer state does not fit this optimizer's parameters:"
+                                      + _listing("shape mismatches", wrong))
     for group, current in zip(saved["param_groups"], optimizer.param_groups):
         for k, v in current.items():  # JSON turned tuples (betas) into lists
             if isinstance(v, tuple) and isinstance(group.get(k), list):
@@ -300,28 +626,46 @@ def _optimizer_state(path: Path, saved: dict[str, Any], optimizer: torch.optim.O
     return saved
 
 
+def _check_scheduler(path: Path, saved: Mapping[str, Any], scheduler: Any) -> None:
+    missing = sorted(set(scheduler.state_dict()) - set(saved))
+    if missing:
+        raise CheckpointMismatchError(f"{path}: the saved scheduler state lacks {missing}: it was saved from a "
+                                      f"different kind of scheduler than {type(scheduler).__name__}")
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    """``path``, or ``path/last`` if ``path`` is a ``train()`` checkpoint_dir."""
+    def saved(p: Path) -> bool:
+        return (p / MODEL_FILE).is_file() or (p / JOURNAL_FILE).is_file()
+
+    return path / LAST if not saved(path) and saved(path / LAST) else path
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None) -> dict[str, Any]:
     """Load a directory written by :func:`save_checkpoint` into ``model`` (and the optimizer
     and scheduler if given); a ``train()`` ``checkpoint_dir`` means its latest checkpoint,
-    ``<checkpoint_dir>/last``. Keys or shapes that do not match raise
-    :class:`CheckpointMismatchError` naming them, before anything is changed.
+    ``<checkpoint_dir>/last``. Everything is checked before anything is changed: every file
+    against its sha256, the model's keys and shapes (:class:`CheckpointMismatchError` names
+    them), the optimizer's groups and the scheduler's state.
 
     Returns ``{"step", "history" (a History or None), "extra", "rng", "data"}``; the global
     random state is *not* restored here (``train(resume=True)`` does that).
     """
-    path = Path(path)
-    if not (path / MODEL_FILE).is_file() and (path / LAST / MODEL_FILE).is_file():
-        path = path / LAST
-    if not (path / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: {MODEL_FILE} is missing (give the directory "
-                                "save_checkpoint wrote, or a train() checkpoint_dir)")
-    with safe_open(str(path / MODEL_FILE), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        stored = {k: f.get_tensor(k) for k in f.keys()}
-    state = _read_state(path, optimizer, scheduler)
+    path = _checkpoint_folder(Path(path))
+    files = read_files(path, [MODEL_FILE], optional=[STATE_TENSORS_FILE, STATE_JSON_FILE],
+                       hint=f" (no checkpoint at {path}: give the directory save_checkpoint wrote, "
+                            "or a train() checkpoint_dir)")
+    stored, metadata = parse_safetensors(files[MODEL_FILE], path / MODEL_FILE)
+    state = _read_state(path, files, optimizer, scheduler)
     opt_state = None if optimizer is None else _optimizer_state(path, state["optimizer"], optimizer)
-    load_state_dict_strict(unwrap(model), stored, aliases=aliases, where=str(path))
+    if scheduler is not None:
+        _check_scheduler(path, state["scheduler"], scheduler)
+    aliases = parse_json(metadata.get("aliases", "{}").encode(), path / MODEL_FILE)
+    weights = checked_state_dict(unwrap(model), stored, aliases=aliases, where=str(path))
+    # everything is checked: only now change the model, the optimizer and the scheduler
+    with torch.no_grad():
+        unwrap(model).load_state_dict(weights, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(opt_state)
     if scheduler is not None:

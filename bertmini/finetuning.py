@@ -304,42 +304,38 @@ class FineTunedClassifier:
 def save_finetuned(directory: str | Path, model: nn.Module, tokenizer, labels: Sequence[str],
                    max_length: int = 128) -> Path:
     """Write ``config.json``, ``model.safetensors``, ``vocab.txt`` and ``labels.json``:
-    everything :func:`load_finetuned` needs, no pickles. Only sequence classifiers."""
+    everything :func:`load_finetuned` needs, no pickles. Only sequence classifiers.
+    All or nothing (:func:`bertmini.checkpoint.write_files_atomically`): a crash part-way
+    leaves the previous save whole; other files in ``directory`` are left alone."""
     from safetensors.torch import save as st_save
 
+    from bertmini.checkpoint import config_and_vocab_files, write_files_atomically
     from bertmini.task_heads import BertForSequenceClassification
 
     if not isinstance(model, BertForSequenceClassification):
         raise TypeError(f"save_finetuned saves a BertForSequenceClassification, got {type(model).__name__}")
     if len(labels) != model.num_labels:
         raise ValueError(f"{len(labels)} label names for a model with {model.num_labels} outputs")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.to_json(directory / "config.json")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    runtime.atomic_write_bytes(directory / "model.safetensors", st_save(state))
-    tokenizer.save(directory / "vocab.txt")
     meta = {"labels": list(labels), "max_length": max_length, "task": "sequence_classification"}
-    runtime.atomic_write_bytes(directory / "labels.json", json.dumps(meta, indent=2).encode())
-    return directory
+    files = {"model.safetensors": st_save(state), **config_and_vocab_files(model.config, tokenizer),
+             "labels.json": json.dumps(meta, indent=2).encode()}
+    return write_files_atomically(directory, files)
 
 
 def load_finetuned(directory: str | Path) -> FineTunedClassifier:
-    """Load what :func:`save_finetuned` wrote, in eval mode."""
-    from safetensors.torch import load_file
-
-    from bertmini.config import BertConfig
+    """Load what :func:`save_finetuned` wrote, in eval mode. Every file is checked against
+    the sha256 saved with it; a damaged one is named, never loaded."""
+    from bertmini.checkpoint import (load_state_dict_strict, parse_json, parse_safetensors, read_config_and_vocab,
+                                     read_files)
     from bertmini.task_heads import BertForSequenceClassification
-    from bertmini.tokenization import BertTokenizer
 
     directory = Path(directory)
-    missing = [n for n in ("config.json", "model.safetensors", "vocab.txt", "labels.json")
-               if not (directory / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{directory} lacks {missing}; save the model with save_finetuned(directory, ...)")
-    meta = json.loads((directory / "labels.json").read_text())
-    model = BertForSequenceClassification(BertConfig.from_json(directory / "config.json"),
-                                          num_labels=len(meta["labels"]))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
-    return FineTunedClassifier(model.eval(), BertTokenizer.from_vocab(directory / "vocab.txt"),
-                               list(meta["labels"]), meta["max_length"])
+    files = read_files(directory, ["config.json", "model.safetensors", "vocab.txt", "labels.json"],
+                       hint="; save the model with save_finetuned(directory, ...)")
+    meta = parse_json(files["labels.json"], directory / "labels.json")
+    config, tokenizer = read_config_and_vocab(files, directory)
+    weights, _ = parse_safetensors(files["model.safetensors"], directory / "model.safetensors")
+    model = BertForSequenceClassification(config, num_labels=len(meta["labels"]))
+    load_state_dict_strict(model, weights, where=str(directory / "model.safetensors"))
+    return FineTunedClassifier(model.eval(), tokenizer, list(meta["labels"]), meta["max_length"])

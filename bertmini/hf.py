@@ -93,19 +93,18 @@ def load_pretrained(directory: str | os.PathLike, add_pooling_layer: bool = True
     A checkpoint saved from a model with heads (keys prefixed ``bert.``) loads its
     encoder; the head weights (``cls.*``) are then left out, since ``BertModel``
     has no head. Any other missing, unexpected or misshapen key is an error that names it.
+    A folder bertmini saved is read as :func:`bertmini.checkpoint.read_files` reads it: each
+    file checked against its sha256, an interrupted save read as its last complete one.
     """
-    from safetensors.torch import load_file
+    from .checkpoint import parse_json, parse_safetensors, read_files
 
     directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found; load_pretrained needs a directory with config.json and model.safetensors "
-                "(for the book's real model use bertmini.data.minilm_path())"
-            )
-    config = BertConfig.from_json(config_path)
-    state = load_file(str(weights_path))
+    weights_path = directory / "model.safetensors"
+    files = read_files(directory, ["config.json", "model.safetensors"],
+                       hint="; load_pretrained needs a directory with config.json and model.safetensors "
+                            "(for the book's real model use bertmini.data.minilm_path())")
+    config = BertConfig.from_dict(parse_json(files["config.json"], directory / "config.json"))
+    state, _ = parse_safetensors(files["model.safetensors"], weights_path)
     if any(k.startswith("bert.") for k in state):
         state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
     if not add_pooling_layer:

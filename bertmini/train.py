@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, runtime
 from .batch_stream import BatchStream
-from .checkpoint import LAST, MODEL_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from .checkpoint import (JOURNAL_FILE, LAST, MODEL_FILE, check_writable, load_checkpoint, recover, rng_state,
+                         save_checkpoint, set_rng_state, unwrap)
 from .history import History
 
 __all__ = ["TrainConfig", "train", "optimizer_param_groups", "make_optimizer", "linear_warmup_decay",
@@ -77,9 +78,11 @@ class TrainConfig:
     ``warmup_steps`` (which wins). ``amp``: ``"auto"`` follows ``BERTMINI_AMP`` if set, else picks bf16 on CUDA
     (fp16 on GPUs without bf16) and on CPUs with native bf16 instructions, where bf16
     autocast is faster (see :func:`resolve_amp`); ``None`` is fp32.
-    ``max_grad_norm=None`` disables clipping. ``max_time_s`` is a wall-clock budget
-    for one call of :func:`train`: when spent, the loop stops after the current
-    step, evaluates, saves and records ``history.stop_reason = "max_time_s"``.
+    ``warmup_steps`` above ``max_steps`` is an error. ``max_grad_norm=None`` disables
+    clipping. ``max_time_s`` is a wall-clock budget for one call of :func:`train`: when
+    spent, the loop stops after the current step, evaluates, saves and records
+    ``history.stop_reason = "max_time_s"``. ``checkpoint_dir`` is checked before the first
+    step (a folder that cannot be written fails at once).
     """
 
     lr: float
@@ -124,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
         if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
             raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if self.warmup_steps is not None and self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} is more than max_steps={self.max_steps}: "
+                             "the learning rate would never reach lr. Lower warmup_steps (e.g. max_steps // 10) "
+                             "or give warmup_ratio instead")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -149,8 +156,13 @@ class TrainConfig:
         return max(1, int(self.epochs * n_batches) // self.grad_accum_steps)
 
     def warmup(self, total_steps: int) -> int:
+        if self.warmup_steps is not None and self.warmup_steps > total_steps:  # known only now, with epochs=
+            warnings.warn(f"TrainConfig.warmup_steps={self.warmup_steps} is more than the {total_steps} steps of "
+                          f"this run: warming up over all {total_steps} instead, so the learning rate reaches lr "
+                          "only at the last step. Lower warmup_steps or give warmup_ratio", stacklevel=3)
+            return total_steps
         if self.warmup_steps is not None:
-            return min(self.warmup_steps, total_steps)
+            return self.warmup_steps
         return int(round(self.warmup_ratio * total_steps))
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,10 +343,6 @@ class _Log:
         for p, vals, tok in zip(self.pending, values.tolist(), tokens.tolist()):
             rec = {"step": p["step"], **dict(zip(keys, vals)), "lr": p["lr"], "tokens": tok,
                    "tokens_per_s": rate, "elapsed": p["elapsed"]}
-            if not math.isfinite(rec["loss"]):
-                raise FloatingPointError(
-                    f"the loss became {rec['loss']} at step {p['step']}: lower lr (now {self.config.lr}), "
-                    "keep max_grad_norm set, or try amp=None to rule out fp16 overflow")
             self.history.records.append(rec)
         self.pending.clear()
         self.window_start = now
@@ -367,13 +375,22 @@ def _evaluate(model: nn.Module, eval_fn, step: int, elapsed: float, log: _Log) -
         log.write(f"step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items()))
 
 
+def _prepare_checkpoint_dir(last: Path) -> None:
+    """Before the first step: finish (or clear away) a save that a killed run left in ``last``,
+    and make sure checkpoints can be written there, not only after the last step."""
+    recover(last)
+    check_writable(last)
+
+
 def _resume(resume, config: TrainConfig, model, optimizer, scheduler, scaler, stream) -> tuple[int, History]:
     """Load the checkpoint ``resume`` names (if any) into everything; return ``(step, history)``."""
     if resume is True:
         if config.checkpoint_dir is None:
             raise ValueError("resume=True needs TrainConfig.checkpoint_dir (or pass resume=<checkpoint path>)")
         path = Path(config.checkpoint_dir) / LAST
-        if not (path / MODEL_FILE).is_file():
+        # a save interrupted after its commit point counts: load_checkpoint reads it through its journal
+        # (the journal is looked at first: a save renames its files before it removes the journal)
+        if not (path / JOURNAL_FILE).is_file() and not (path / MODEL_FILE).is_file():
             return 0, History()
     else:
         path = Path(resume)
@@ -435,6 +452,22 @@ def _save(config: TrainConfig, model, optimizer, scheduler, scaler, stream: Batc
     save_checkpoint(Path(config.checkpoint_dir) / LAST, model, optimizer, scheduler, step, history, extra)
 
 
+def _check_loss(loss: torch.Tensor, step: int, config: TrainConfig, optimizer) -> None:
+    """Stop at the step whose loss is not finite, before any optimizer step is taken on it, so
+    the model keeps the weights of the step before. One scalar read a step: free on a CPU; on a
+    GPU it waits for the step's kernels (a host sync), which is worth it, since a NaN noticed only
+    at the next log would have been stepped on, and would have made every weight NaN. (Under fp16
+    inf *gradients* are normal, the scaler skips those steps; a non-finite loss is not. Under
+    torchrun each process checks its own loss; the one that stops ends the run.)"""
+    value = float(loss)
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(
+            f"the loss became {value} at step {step}: lower lr (now {config.lr}), keep max_grad_norm set, "
+            f"or try amp=None to rule out fp16 overflow. No optimizer step was taken on it: the model "
+            f"holds the weights of step {step - 1}")
+
+
 def _optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm: float | None) -> torch.Tensor:
     """Clip, step, move the schedule, clear the gradients; returns the gradient norm before clipping."""
     if scaler is not None:
@@ -475,10 +508,12 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
     ``eval_fn(model) -> {name: number}`` runs every ``config.eval_every`` steps and at the
     end, in eval mode under ``torch.no_grad()`` and its own random state (so evaluating never
     changes the training run). ``resume=True`` continues from ``<checkpoint_dir>/last`` if it
-    exists (else starts fresh); a path resumes from that checkpoint; the resumed run ends with
-    the same weights as an uninterrupted one. ``callbacks``: functions called after every
-    optimizer step with ``{"step", "model", "optimizer", "scheduler", "history", "record"}``;
-    one returning ``True`` stops training. The model is left in eval mode at the end.
+    exists (else starts fresh): the newest complete checkpoint, whenever a run was killed; a
+    path resumes from that checkpoint; the resumed run ends with the same weights as an
+    uninterrupted one. ``callbacks``: functions called after every optimizer step with
+    ``{"step", "model", "optimizer", "scheduler", "history", "record"}``; one returning
+    ``True`` stops training. A loss that is not finite raises ``FloatingPointError`` at its
+    step, before any optimizer step on it. The model is left in eval mode at the end.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -492,6 +527,8 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
     scheduler = linear_warmup_decay(optimizer, config.warmup(total_steps), total_steps)
     amp_dtype = resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    if config.checkpoint_dir is not None and dist.main:
+        _prepare_checkpoint_dir(Path(config.checkpoint_dir) / LAST)
     runtime.seed_everything(config.seed)
     stream = BatchStream(train_data, seed=config.seed + 1_000_003)  # data and dropout draw different numbers
     step, history = _resume(resume, config, model, optimizer, scheduler, scaler, stream) if resume else (0, History())
@@ -515,6 +552,7 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
     try:
         while step < total_steps:
             sums, tokens = _accumulate(net, stream, config.grad_accum_steps, autocast, scaler, dist, shard, device)
+            _check_loss(sums["loss"], step + 1, config, optimizer)
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = _optimizer_step(optimizer, scheduler, scaler, params, config.max_grad_norm)
             step += 1

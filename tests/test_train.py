@@ -296,9 +296,11 @@ def test_checkpoint_round_trip_with_tied_weights(tmp_path):
     # the tied matrix is stored once, and nothing is a pickle
     stored = load_file(path / "model.safetensors")
     assert ("word_embeddings.weight" in stored) != ("decoder.weight" in stored)
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "training_state.json",
-                                                      "training_state.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["checkpoint.json", "model.safetensors",
+                                                      "training_state.json", "training_state.safetensors"]
     json.loads((path / "training_state.json").read_text())
+    manifest = json.loads((path / "checkpoint.json").read_text())  # each file's sha256, checked on load
+    assert sorted(manifest["files"]) == ["model.safetensors", "training_state.json", "training_state.safetensors"]
 
     torch.manual_seed(1)
     fresh = TiedLM()
