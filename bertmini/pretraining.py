@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -38,14 +39,21 @@ def fixed_masked_batches(data: PretrainingData, tokenizer, batch_size: int = 256
             for i in range(0, len(data), batch_size)]
 
 
-def evaluate(model, batches: Sequence[dict[str, torch.Tensor]], amp: bool = True) -> dict[str, float]:
+def evaluate(model, batches: Sequence[dict[str, torch.Tensor]], amp: str | bool | None = "auto"
+             ) -> dict[str, float]:
     """``mlm_accuracy`` (top-1 at the masked positions), ``mlm_loss`` and, if the batches
-    carry NSP labels, ``nsp_accuracy``, over ``batches`` (e.g. :func:`fixed_masked_batches`)."""
+    carry NSP labels, ``nsp_accuracy``, over ``batches`` (e.g. :func:`fixed_masked_batches`).
+
+    ``amp`` picks the numeric path as training does (:func:`bertmini.train.resolve_amp`:
+    ``"auto"`` is bf16 only where it is native, so a CPU without bf16 evaluates in fp32
+    instead of emulating bf16 several times slower); ``False``/``None`` is fp32."""
+    from .train import resolve_amp
+
     device = next(model.parameters()).device
     correct = total = nsp_correct = nsp_total = 0
     loss_sum = 0.0
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type in ("cpu", "cuda") \
-        else torch.autocast(device.type, enabled=False)
+    dtype = resolve_amp("auto" if amp is True else (amp or None), device)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     has_nsp = hasattr(model, "cls") and hasattr(model.cls, "seq_relationship")
     with eval_mode(model), ctx:
         for batch in batches:
@@ -195,31 +203,31 @@ def pretrained_dir(preset: str = "book") -> Path:
 
 def save_pretrained(run: PretrainRun, directory: str | Path) -> Path:
     """Save a run as a directory: ``model.safetensors`` (+ training state with the history,
-    via :func:`bertmini.checkpoint.save_checkpoint`), ``config.json``, ``vocab.txt``, ``recipe.json``.
-    ``bertmini.hf.load_pretrained(directory)`` reads its encoder."""
-    from .checkpoint import save_checkpoint
+    as :func:`bertmini.checkpoint.save_checkpoint` writes it), ``config.json``, ``vocab.txt``,
+    ``recipe.json``, all or nothing (:func:`bertmini.checkpoint.write_files_atomically`);
+    other files in ``directory`` are left alone. ``bertmini.hf.load_pretrained(directory)``
+    reads its encoder."""
+    from .checkpoint import checkpoint_files, config_and_vocab_files, write_files_atomically
 
-    directory = Path(directory)
-    save_checkpoint(directory, run.model, step=len(run.history), history=run.history,
-                    extra={"recipe": dataclasses.asdict(run.recipe), "results": dict(run.results)})
-    runtime.atomic_write_bytes(directory / "recipe.json", json.dumps(dataclasses.asdict(run.recipe), indent=1).encode())
-    run.tokenizer.save(directory / "vocab.txt")
-    run.model.config.to_json(directory / "config.json")  # written last: its presence marks a complete save
-    return directory
+    recipe = dataclasses.asdict(run.recipe)
+    files = checkpoint_files(run.model, step=len(run.history), history=run.history,
+                             extra={"recipe": recipe, "results": dict(run.results)})
+    files.update(config_and_vocab_files(run.model.config, run.tokenizer))
+    files["recipe.json"] = json.dumps(recipe, indent=1).encode()
+    return write_files_atomically(directory, files)
 
 
 def load_saved(directory: str | Path) -> tuple[BertForPreTraining, Any, Any, dict[str, float]]:
-    """Read a directory written by :func:`save_pretrained`: ``(model, tokenizer, history, results)``."""
-    from .tokenization import BertTokenizer
-    from .checkpoint import load_checkpoint
+    """Read a directory written by :func:`save_pretrained`: ``(model, tokenizer, history, results)``.
+    Every file is checked against the sha256 saved with it; a damaged one is named, never loaded."""
+    from .checkpoint import load_checkpoint, read_config_and_vocab, read_files
 
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"no complete pretrained model in {directory} (config.json missing); "
-                                "train one with load_or_pretrain() or save_pretrained()")
-    model = BertForPreTraining(BertConfig.from_json(directory / "config.json"))
+    files = read_files(directory, ["config.json", "vocab.txt"],
+                       hint="; train one with load_or_pretrain() or save_pretrained()")
+    config, tokenizer = read_config_and_vocab(files, directory)
+    model = BertForPreTraining(config)
     state = load_checkpoint(directory, model)
-    tokenizer = BertTokenizer.from_vocab(directory / "vocab.txt")
     return model.eval(), tokenizer, state["history"], dict(state["extra"].get("results", {}))
 
 
