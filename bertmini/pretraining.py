@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,8 @@ class PretrainRun:
 
 def pretrain(rcp: Recipe | str = "book", *, tokenizer=None, train_data: PretrainingData | None = None,
              eval_batches: Sequence[dict[str, torch.Tensor]] | None = None, progress: bool = True,
-             desc: str = "pretrain") -> PretrainRun:
+             desc: str = "pretrain", checkpoint_dir: str | Path | None = None,
+             checkpoint_every: int | None = None) -> PretrainRun:
     """Pretrain a fresh :class:`BertForPreTraining` as ``rcp`` says, with :func:`bertmini.train.train`.
 
     ``tokenizer`` defaults to the chapter-1 vocabulary (``load_or_train_vocab(8000)``);
@@ -165,6 +167,11 @@ def pretrain(rcp: Recipe | str = "book", *, tokenizer=None, train_data: Pretrain
     across runs. Held-out MLM accuracy (and NSP accuracy) is measured every
     ``rcp.eval_every`` steps on ``rcp.eval_pairs`` pairs, and on all of them at the end
     (``results``). Deterministic for a given recipe.
+
+    With ``checkpoint_dir`` the run saves a checkpoint there every ``checkpoint_every``
+    steps (default: every ``2 * rcp.eval_every``) and first resumes from the newest one it
+    finds, so a run killed part-way (a timeout, a restarted kernel) continues where it
+    stopped and ends with the same weights as an uninterrupted one.
     """
     from .train import TrainConfig, train
     from .vocab import load_or_train_vocab
@@ -186,10 +193,12 @@ def pretrain(rcp: Recipe | str = "book", *, tokenizer=None, train_data: Pretrain
     model = BertForPreTraining(rcp.config(len(tokenizer)))
     config = TrainConfig(lr=rcp.lr, weight_decay=rcp.weight_decay, warmup_steps=rcp.warmup_steps,
                          max_steps=rcp.max_steps, amp=rcp.amp, eval_every=rcp.eval_every, seed=rcp.seed,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, checkpoint_dir=checkpoint_dir,
+                         checkpoint_every=None if checkpoint_dir is None else checkpoint_every or 2 * rcp.eval_every)
     stream = MaskedBatches(train_data, tokenizer, rcp.batch_size, mlm_probability=rcp.mlm_probability,
                            use_nsp=rcp.use_nsp)
-    history = train(model, stream, config, eval_fn=lambda m: evaluate(m, eval_batches[:n_eval]))
+    history = train(model, stream, config, eval_fn=lambda m: evaluate(m, eval_batches[:n_eval]),
+                    resume=checkpoint_dir is not None)
     results = evaluate(model, eval_batches)
     results["train_seconds"] = history.elapsed
     results["steps"] = len(history)
@@ -241,6 +250,11 @@ def load_or_pretrain(preset: str = "book", *, progress: bool = True, retrain: bo
     again even if a model is cached. The model is a :class:`BertForPreTraining` in
     eval mode; ``model.bert`` is the encoder for fine-tuning. The history and
     held-out results of the run are in :func:`load_pretraining_history`.
+
+    While it trains, checkpoints go to ``<pretrained_dir>.partial/`` (:func:`pretrain`'s
+    ``checkpoint_dir``): a call interrupted part-way (a cell's time limit, a restarted
+    kernel) resumes there on the next call instead of starting again; the folder is
+    removed once the model is saved.
     """
     directory = pretrained_dir(preset)
     if not retrain and (directory / "config.json").is_file():
@@ -250,8 +264,12 @@ def load_or_pretrain(preset: str = "book", *, progress: bool = True, retrain: bo
         except (OSError, ValueError) as e:  # a damaged cache: train again
             if progress:
                 print(f"could not load {directory} ({e}); pretraining again")
-    run = pretrain(preset, progress=progress, desc=f"pretrain {preset}")
+    partial = directory.with_name(directory.name + ".partial")
+    if retrain:
+        shutil.rmtree(partial, ignore_errors=True)
+    run = pretrain(preset, progress=progress, desc=f"pretrain {preset}", checkpoint_dir=partial)
     save_pretrained(run, directory)
+    shutil.rmtree(partial, ignore_errors=True)
     return run.model, run.tokenizer
 
 

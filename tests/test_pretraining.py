@@ -301,6 +301,46 @@ def test_pretrain_is_deterministic_and_saves_and_loads(tmp_path):
         P.load_saved(tmp_path / "nothing")
 
 
+def test_pretrain_killed_part_way_resumes_from_its_checkpoints(tmp_path, monkeypatch):
+    import bertmini.train as T
+
+    tok = _toy_tokenizer()
+    docs = [[[5 + (d * 7 + s * 3 + p) % 60 for p in range(4)] for s in range(4)] for d in range(30)]
+    data = nsp.PretrainingData.from_pairs(nsp.make_nsp_pairs(docs, max_length=16, seed=0), tok, max_length=16)
+    evals = P.fixed_masked_batches(data, tok, batch_size=32)
+    rcp = P.recipe("smoke", max_length=16, batch_size=8, max_steps=8, eval_every=2, amp=None)
+    whole = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
+
+    real_step, steps = T._optimizer_step, []
+
+    def dies_at_step_6(*args, **kwargs):  # the kernel killed during step 6: steps 1-5 done, 4 saved
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_optimizer_step", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False,
+                   checkpoint_dir=tmp_path / "partial", checkpoint_every=2)
+    steps_after = []
+
+    def counted(*args, **kwargs):
+        steps_after.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_optimizer_step", counted)
+    from bertmini.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "partial", BertForPreTraining(rcp.config(len(tok))))["step"] == 4
+    resumed = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False,
+                         checkpoint_dir=tmp_path / "partial", checkpoint_every=2)
+    assert len(steps_after) == 4  # steps 5-8 only: it went on from step 4, not from the start
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r["loss"] for r in resumed.history.records] == [r["loss"] for r in whole.history.records]
+    assert resumed.results["mlm_accuracy"] == whole.results["mlm_accuracy"]
+
+
 def test_recipes():
     assert P.recipe("book", profile="cpu").size == "tiny"
     assert P.recipe("book", profile="gpu").max_steps > P.recipe("book", profile="cpu").max_steps
