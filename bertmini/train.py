@@ -60,7 +60,7 @@ from .history import History
 __all__ = ["TrainConfig", "train", "optimizer_param_groups", "make_optimizer", "linear_warmup_decay",
            "resolve_amp"]
 
-AMP_CHOICES = ("auto", "bf16", "fp16", None)
+AMP_CHOICES = ("auto", "fp32", "bf16", "fp16", None)  # None and "fp32": no autocast
 # the TrainConfig fields a resumed run must share with the saved one to retrace it exactly
 TRAJECTORY_FIELDS = ("lr", "weight_decay", "warmup_ratio", "warmup_steps", "max_steps", "epochs",
                      "grad_accum_steps", "max_grad_norm", "amp", "seed")

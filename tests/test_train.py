@@ -216,6 +216,19 @@ def test_bf16_autocast_trains():
     assert sum(hist.losses[-5:]) < sum(hist.losses[:5])
 
 
+def test_bertmini_amp_chooses_the_numeric_path_of_auto(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("BERTMINI_AMP", "fp32")
+    assert T.resolve_amp("auto", cpu) is None
+    assert T.resolve_amp("bf16", cpu) == torch.bfloat16  # an explicit choice wins over the variable
+    monkeypatch.setenv("BERTMINI_AMP", "bf16")
+    assert T.resolve_amp("auto", cpu) == torch.bfloat16
+    assert T.resolve_amp("fp32", cpu) is None and config(amp="fp32").amp == "fp32"
+    monkeypatch.setenv("BERTMINI_AMP", "bf17")
+    with pytest.raises(ValueError, match="BERTMINI_AMP"):
+        T.resolve_amp("auto", cpu)
+
+
 def test_max_time_s_stops_cleanly(tmp_path):
     class Slow(Regressor):
         def forward(self, x, y=None):
