@@ -290,28 +290,6 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _locked(directory: Path, exclusive: bool):
-    """Hold a lock on the folder itself: one save at a time and no load during a save, across
-    processes, so that no save deletes the temporaries of another one still running. POSIX
-    ``flock``; where there is none (Windows), saves into one folder are not guarded."""
-    fd = None
-    try:
-        import fcntl
-
-        fd = os.open(directory, os.O_RDONLY)
-    except (ImportError, OSError):
-        pass
-    try:
-        if fd is not None:
-            with contextlib.suppress(OSError):  # a file system without locks (some network ones)
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # closing it releases the lock
-
-
 def _read_journal(directory: Path) -> dict[str, str] | None:
     """``{name: temporary}`` of a committed save whose renames are not finished, else None."""
     path = directory / JOURNAL_FILE
@@ -374,7 +352,7 @@ def recover(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     _finish_old_swap(directory)
     if directory.is_dir():
-        with _locked(directory, exclusive=True):
+        with runtime.locked(directory, exclusive=True):
             _recover(directory)
     return directory
 
@@ -388,11 +366,7 @@ def _folder_to_save_into(directory: Path, names: Sequence[str]) -> Path:
         raise NotADirectoryError(f"cannot save into {directory}: it is a file, not a folder (it was left as it "
                                  "is). Give the path of a folder: a new one, or one a save wrote before")
     _finish_old_swap(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise type(e)(f"cannot create the folder {directory} ({e.strerror or e}): "
-                      "give a folder you may write to") from e
+    runtime.make_dir(directory)
     in_the_way = [n for n in names if (directory / n).is_dir()]
     if in_the_way:
         raise IsADirectoryError(f"cannot save {in_the_way} into {directory}: folders of those names are in "
@@ -416,7 +390,7 @@ def write_files_atomically(directory: str | os.PathLike, files: Mapping[str, byt
     save_id = f"{os.getpid()}-{time.time_ns()}"
     temporaries = {name: _temporary_name(name, save_id) for name in files}
     journal = directory / _temporary_name(JOURNAL_FILE, save_id)
-    with _locked(directory, exclusive=True):
+    with runtime.locked(directory, exclusive=True):
         _recover(directory)
         try:
             for name, data in files.items():
@@ -424,10 +398,12 @@ def write_files_atomically(directory: str | os.PathLike, files: Mapping[str, byt
             _write_file(journal, json.dumps({"format": MANIFEST_FORMAT, "temporaries": temporaries}).encode())
             _sync_dir(directory)  # every temporary is on the disk before the commit
             os.replace(journal, directory / JOURNAL_FILE)  # the commit point
-        except BaseException:  # not committed: the old files are untouched; remove this save's own
+        except BaseException as e:  # not committed: the old files are untouched; remove this save's own
             for path in [journal, *(directory / t for t in temporaries.values())]:
                 with contextlib.suppress(OSError):
                     path.unlink()
+            if isinstance(e, OSError):  # a full disk, a read-only folder: named, with the fix
+                raise runtime.write_error(directory, e) from e
             raise
         _finish_renames(directory, temporaries)
     return directory
@@ -474,7 +450,7 @@ def read_files(directory: str | os.PathLike, names: Sequence[str], optional: Seq
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file: give the folder a save wrote (the one that holds it?)")
-    with _locked(directory, exclusive=False):
+    with runtime.locked(directory, exclusive=False):
         moved = {n: directory / t for n, t in (_read_journal(directory) or {}).items() if (directory / t).is_file()}
         manifest = moved.get(MANIFEST_FILE, directory / MANIFEST_FILE)
         listed = _read_manifest(manifest, directory) if manifest.is_file() else None
@@ -545,8 +521,8 @@ def check_writable(directory: str | os.PathLike) -> Path:
         _write_file(probe, b"")
         probe.unlink()
     except OSError as e:
-        raise type(e)(f"cannot write checkpoints to {directory} ({e.strerror or e}): give a "
-                      "checkpoint_dir you may write to, with some free space") from e
+        raise runtime.write_error(directory, e, "give a checkpoint_dir you may write to, with some "
+                                  "free space") from e
     return directory
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,11 @@ class BertConfig:
             p = getattr(self, name)
             if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {p!r}")
-        for name in ("layer_norm_eps", "initializer_range"):
+        for name, usual in (("layer_norm_eps", 1e-12), ("initializer_range", 0.02)):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive number, got {v!r}")
+            # nan is not <= 0 and inf is > 0: only isfinite stops them, and either makes every output NaN.
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive finite number (BERT uses {usual}), got {v!r}")
         if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id={self.pad_token_id!r} must be an id inside the vocabulary [0, {self.vocab_size})"

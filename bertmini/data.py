@@ -38,6 +38,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -173,7 +174,7 @@ def _vader_bytes() -> bytes:
             f"The sentiment data needs {VADER_SDIST} (vaderSentiment's source release), "
             f"found in none of: {where}.\n"
             f"Fix: {FETCH_COMMAND}   (it runs: pip download --no-binary :all: --no-deps "
-            f"{VADER_SPEC} -d {runtime.cache_dir() / 'sources'})"
+            f"--require-hashes {VADER_SPEC} -d {runtime.cache_dir() / 'sources'})"
         )
     if _sha256(sdist) != VADER_SDIST_SHA256:
         raise DataError(f"{sdist} is corrupt (checksum mismatch). Fix: delete it and run {FETCH_COMMAND}")
@@ -422,13 +423,21 @@ CARDS = {
 
 def fetch_sources(dest: str | os.PathLike | None = None) -> Path:
     """Download vaderSentiment's source release (from the package index) into ``dest``
-    (default ``<cache>/sources``) unless a verified copy is already there."""
+    (default ``<cache>/sources``) unless a verified copy is already there.
+
+    pip runs a source release's build code to read its metadata, so it is told the archive's
+    sha256 (``--require-hashes``): it checks the download before any of it runs and refuses a
+    different archive."""
     dest = Path(dest) if dest else runtime.cache_dir() / "sources"
     target = dest / VADER_SDIST
     if not (target.is_file() and _sha256(target) == VADER_SDIST_SHA256):
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary",
-                        ":all:", "--no-deps", VADER_SPEC, "-d", str(dest)], check=True)
+        runtime.make_dir(dest)
+        with tempfile.TemporaryDirectory() as tmp:
+            requirement = Path(tmp) / "requirements.txt"
+            requirement.write_text(f"{VADER_SPEC} --hash=sha256:{VADER_SDIST_SHA256}\n")
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
+                            "--no-deps", "--require-hashes", "-r", str(requirement), "-d", str(dest)],
+                           check=True)
         if _sha256(target) != VADER_SDIST_SHA256:
             raise DataError(f"{target} was downloaded but does not match its checksum.")
     return target

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -41,7 +42,37 @@ from bertmini.padding import length_mask, pad_rows
 
 
 # ------------------------------------------------------------------ data preparation
-def _check_labels(labels: Sequence[int], num_labels: int, what: str) -> None:
+def _check_texts(texts, what: str, items: str = "texts") -> None:
+    """Refuse one string where a list is expected (it would be read as one text per
+    character) and anything that is not a list at all (None, a number)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} expects a list of {items}, got one string {texts!r:.40}; wrap it in a list: [text]")
+    if texts is None or not hasattr(texts, "__len__") or not hasattr(texts, "__getitem__"):
+        raise TypeError(f"{what} expects a list of {items}, got {texts!r:.40} ({type(texts).__name__})")
+
+
+def _check_batch_size(value, name: str = "batch_size") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int (the BERT paper fine-tunes with 32), got {value!r}")
+    return value
+
+
+def _check_label_names(labels: Sequence[str], model: nn.Module, what: str) -> None:
+    num_labels = getattr(model, "num_labels", None)
+    if num_labels is not None and len(labels) != num_labels:
+        raise ValueError(f"{what}: {len(labels)} label name(s) for a model with {num_labels} outputs; "
+                         "pass one name per output, in the order of the model's classes")
+
+
+def _check_labels(labels: Sequence[int], num_labels: int | None, what: str) -> None:
+    for i, y in enumerate(labels):
+        try:
+            operator.index(y)  # int, numpy int, an integer tensor element; not a name, not a float
+        except TypeError:
+            raise TypeError(f"{what}: label {i} is {y!r} ({type(y).__name__}), not a class index; map each "
+                            "label name to its index first, e.g. [label_list.index(y) for y in labels]") from None
+    if num_labels is None:
+        num_labels = max((int(y) for y in labels), default=-1) + 1
     bad = sorted({int(y) for y in labels if not 0 <= int(y) < num_labels})
     if bad:
         raise ValueError(f"{what}: labels {bad[:10]} are outside the label set 0..{num_labels - 1}; "
@@ -58,13 +89,17 @@ def encode_classification(tokenizer, texts: Sequence[str], labels: Sequence[int]
     ``num_labels`` (default: ``max(labels) + 1``) is checked so that a label outside
     the set fails here, with its value, instead of deep inside the loss.
     """
+    _check_texts(texts, "encode_classification")
+    if pairs is not None:
+        _check_texts(pairs, "encode_classification pairs=")
+    if labels is not None:
+        _check_texts(labels, "encode_classification labels=", "class indices")
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
     if labels is not None:
         if len(labels) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels; pass one label per text")
-        _check_labels(labels, num_labels if num_labels is not None else max(labels, default=-1) + 1,
-                      "encode_classification")
+        _check_labels(labels, num_labels, "encode_classification")
     examples = []
     for i, text in enumerate(texts):
         enc = tokenizer.encode(text, None if pairs is None else pairs[i], max_length=max_length, truncation=True)
@@ -115,10 +150,15 @@ def encode_ner(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Seq
     """One example per sentence of words (tweets come pre-split): ``input_ids``,
     ``token_type_ids``, ``word_ids`` and, with ``tags``, token ``labels`` aligned by
     :func:`align_labels`. Words past ``max_length`` tokens are cut off (they are
-    predicted ``O``). A tag not in ``label_list`` is an error that names it."""
+    predicted ``O``). A tag not in ``label_list`` is an error that names it, and so is a tag
+    on a word that has no token (empty, whitespace), whose tag would otherwise be lost."""
+    _check_texts(sentences, "encode_ner", "sentences (each a list of words)")
     index = {t: i for i, t in enumerate(label_list)}
     examples = []
     for s, words in enumerate(sentences):
+        if isinstance(words, str):
+            raise TypeError(f"sentence {s} is one string; encode_ner takes each sentence split into words, "
+                            "e.g. sentence.split()")
         if len(words) == 0:
             raise ValueError(f"sentence {s} has no words")
         enc = tokenizer.encode(" ".join(words), max_length=max_length, truncation=True)
@@ -131,6 +171,13 @@ def encode_ner(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Seq
             unknown = sorted(set(tags[s]) - set(index))
             if unknown:
                 raise ValueError(f"sentence {s}: tags {unknown} are not in the label list {list(label_list)}")
+            seen = set(word_of)  # a word with no token at all would lose its tag silently
+            empty = [w for w in range(len(words)) if w not in seen and not tokenizer.tokenize(words[w])]
+            if empty:
+                w = empty[0]
+                raise ValueError(f"sentence {s}, word {w} ({words[w]!r}) has no tokens (empty, whitespace or only "
+                                 f"control characters), so its tag {tags[s][w]!r} would be lost; remove the word "
+                                 "and its tag, or replace the word (e.g. by '[UNK]')")
             ex["labels"] = align_labels(word_of, [index[t] for t in tags[s]])
         examples.append(ex)
     return examples
@@ -174,9 +221,7 @@ class Batches:
     def __init__(self, examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0):
         if len(examples) == 0:
             raise ValueError("Batches: no examples; the training set is empty")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.examples, self.batch_size = examples, batch_size
+        self.examples, self.batch_size = examples, _check_batch_size(batch_size)
         self.shuffle, self.pad_token_id = shuffle, pad_token_id
 
     def __len__(self) -> int:
@@ -212,7 +257,8 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: f
     """
     from bertmini.train import TrainConfig, train
 
-    micro = micro_batch_size or batch_size
+    _check_batch_size(batch_size)
+    micro = batch_size if micro_batch_size is None else _check_batch_size(micro_batch_size, "micro_batch_size")
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
     data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
@@ -231,6 +277,7 @@ def predict_logits(model: nn.Module, examples: Sequence[dict], batch_size: int =
     the padding cut off."""
     if len(examples) == 0:
         raise ValueError("predict_logits: no examples")
+    _check_batch_size(batch_size)
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
     with runtime.eval_mode(model):
@@ -285,10 +332,13 @@ class FineTunedClassifier:
     labels: list[str]
     max_length: int = 128
 
+    def __post_init__(self) -> None:
+        _check_texts(self.labels, "FineTunedClassifier labels=", "label names")
+        _check_label_names(self.labels, self.model, "FineTunedClassifier")
+
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Prediction]:
         """The most probable label of each text (or pair), with its softmax probability."""
-        if isinstance(texts, str):
-            raise TypeError("predict expects a list of texts; wrap a single text as [text]")
+        _check_texts(texts, "predict")
         if len(texts) == 0:
             raise ValueError("predict: no texts given")
         examples = encode_classification(self.tokenizer, texts, pairs=pairs, max_length=self.max_length)
@@ -314,8 +364,7 @@ def save_finetuned(directory: str | Path, model: nn.Module, tokenizer, labels: S
 
     if not isinstance(model, BertForSequenceClassification):
         raise TypeError(f"save_finetuned saves a BertForSequenceClassification, got {type(model).__name__}")
-    if len(labels) != model.num_labels:
-        raise ValueError(f"{len(labels)} label names for a model with {model.num_labels} outputs")
+    _check_label_names(labels, model, "save_finetuned")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"labels": list(labels), "max_length": max_length, "task": "sequence_classification"}
     files = {"model.safetensors": st_save(state), **config_and_vocab_files(model.config, tokenizer),

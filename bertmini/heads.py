@@ -36,7 +36,7 @@ from torch import nn
 from . import fast
 from .config import IGNORE_INDEX, BertConfig
 from .fast.mlm_loss import masked_lm_loss
-from .model import ACT_FN, BertModel, BertPreTrainedModel
+from .model import ACT_FN, BertModel, BertPreTrainedModel, class_labels
 from .runtime import can_check_values
 
 
@@ -146,6 +146,7 @@ class _MaskedLMBase(BertPreTrainedModel):
         if labels is None:
             out.mlm_logits = head(sequence_output)
             return
+        labels = class_labels(labels, "labels", input_ids.device)
         _check_mlm_labels(labels, input_ids, self.config.vocab_size)
         selected = labels != IGNORE_INDEX
         out.masked_positions = selected.nonzero()
@@ -191,7 +192,7 @@ class BertForPreTraining(_MaskedLMBase):
         self._mlm(encoded.last_hidden_state, input_ids, labels, out)
         out.nsp_logits = self.cls.seq_relationship(encoded.pooler_output)
         if next_sentence_label is not None:
-            next_sentence_label = torch.as_tensor(next_sentence_label, device=input_ids.device).long().view(-1)
+            next_sentence_label = class_labels(next_sentence_label, "next_sentence_label", input_ids.device).view(-1)
             if next_sentence_label.numel() != input_ids.shape[0] or (can_check_values(next_sentence_label) and not bool(
                     ((next_sentence_label == 0) | (next_sentence_label == 1)).all())):
                 raise ValueError(

@@ -45,6 +45,11 @@ def from_hf(hf_model) -> nn.Module:
     ``bertmini.heads.BertForPreTraining`` / ``BertForMaskedLM``. The result is in the
     same train/eval mode.
     """
+    if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
+        what = "a state dict" if isinstance(hf_model, dict) else f"a {type(hf_model).__name__}"
+        raise TypeError(f"from_hf takes a transformers model (BertModel, {' or '.join(HEAD_MODELS)}), got {what}; "
+                        "pass the model itself, e.g. from_hf(transformers.BertModel.from_pretrained(path)). "
+                        "Weights on disk load with bertmini.hf.load_pretrained(directory).")
     import transformers
 
     config = BertConfig.from_hf(hf_model.config)

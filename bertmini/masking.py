@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from .config import IGNORE_INDEX
-from .padding import length_mask, pad_rows, padded_length
+from .padding import check_multiple_of, length_mask, pad_rows, padded_length
+from .runtime import can_check_values
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -60,6 +61,20 @@ def _check_inputs(input_ids, special_tokens_mask, name="special_tokens_mask"):
             f"{name} must be a tensor with the shape of input_ids {tuple(input_ids.shape)}, got {got}; "
             "it is True (or 1) at [CLS], [SEP], padding and any other position that must never be selected."
         )
+
+
+def _check_vocab(input_ids, mask_token_id, vocab_size) -> None:
+    """``vocab_size`` must cover ``mask_token_id`` and every id of the batch ([CLS], [SEP] included)."""
+    fix = "pass vocab_size=len(tokenizer) and mask_token_id=tokenizer.mask_token_id"
+    for name, v in (("vocab_size", vocab_size), ("mask_token_id", mask_token_id)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__}); {fix}")
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id={mask_token_id} is not an id of a vocabulary of "
+                         f"vocab_size={vocab_size}; {fix}")
+    top = int(input_ids.max()) if can_check_values(input_ids) and input_ids.numel() else -1
+    if top >= vocab_size:
+        raise ValueError(f"input_ids holds id {top}, outside vocab_size={vocab_size}; {fix}")
 
 
 def _random_candidates(input_ids, special, mask_token_id, vocab_size, random_token_ids):
@@ -140,6 +155,7 @@ def mask_tokens(
     Draws come from ``generator`` (the global torch RNG if None).
     """
     _check_inputs(input_ids, special_tokens_mask)
+    _check_vocab(input_ids, mask_token_id, vocab_size)
     p = _check_probability("mlm_probability", mlm_probability)
     special = special_tokens_mask.bool()
     # Two uniform draws per position: one decides selection, one the 80/10/10 split.
@@ -205,6 +221,7 @@ def whole_word_mask(
     """
     _check_inputs(input_ids, special_tokens_mask)
     _check_inputs(input_ids, word_ids, name="word_ids")
+    _check_vocab(input_ids, mask_token_id, vocab_size)
     p = _check_probability("mlm_probability", mlm_probability)
     special = special_tokens_mask.bool()
     valid = (word_ids >= 0) & ~special
@@ -290,7 +307,7 @@ class MLMCollator:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.whole_word, self.static, self.seed = bool(whole_word), bool(static), seed
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_to_multiple_of = check_multiple_of(pad_to_multiple_of)
         vocab = _vocab_of(tokenizer)
         for tok in ("[PAD]", "[MASK]"):
             if tok not in vocab:

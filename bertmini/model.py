@@ -223,6 +223,18 @@ class BertPreTrainedModel(nn.Module):
         return total
 
 
+def class_labels(labels, name: str, device: torch.device) -> torch.Tensor:
+    """``labels`` (a tensor or a list) as the long tensor ``cross_entropy`` takes, for every
+    head. Any integer dtype is converted (int32 from numpy, say); a float is refused, since a
+    float label is a score or a probability, not a class index."""
+    labels = torch.as_tensor(labels, device=device)
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}; convert with "
+                        f"{name}.long() if the values are whole numbers (regression and multi-label heads are "
+                        "not handled)")
+    return labels.long()
+
+
 def _check_values(cfg: BertConfig, input_ids, token_type_ids, attention_mask) -> None:
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= cfg.vocab_size:

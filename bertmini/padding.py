@@ -11,11 +11,18 @@ from typing import Sequence
 import torch
 
 
+def check_multiple_of(multiple_of: int | None) -> int | None:
+    """``pad_to_multiple_of`` itself, if it is None or a positive int (8 suits tensor cores)."""
+    if multiple_of is not None and (isinstance(multiple_of, bool) or not isinstance(multiple_of, int)
+                                    or multiple_of < 1):
+        raise ValueError(f"pad_to_multiple_of must be a positive int (e.g. 8) or None, got {multiple_of!r}")
+    return multiple_of
+
+
 def padded_length(lengths: Sequence[int], length: int | None = None, multiple_of: int | None = None) -> int:
     """The width of the padded batch: ``length`` if given, else the longest row,
     rounded up to a multiple of ``multiple_of`` (tensor cores like multiples of 8)."""
-    if multiple_of is not None and (not isinstance(multiple_of, int) or multiple_of < 1):
-        raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {multiple_of!r}")
+    check_multiple_of(multiple_of)
     width = max(lengths, default=0) if length is None else length
     if length is not None and max(lengths, default=0) > length:
         raise ValueError(f"a row of {max(lengths)} does not fit in a padded length of {length}; "

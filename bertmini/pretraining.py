@@ -207,7 +207,7 @@ def pretrain(rcp: Recipe | str = "book", *, tokenizer=None, train_data: Pretrain
 
 def pretrained_dir(preset: str = "book") -> Path:
     """Where :func:`load_or_pretrain` keeps a preset: ``<cache>/pretrained/<preset>-<profile>/``."""
-    return runtime.cache_dir() / "pretrained" / f"{preset}-{runtime.profile()}"
+    return runtime.cache_dir() / "pretrained" / f"{runtime.cache_name(preset, 'preset')}-{runtime.profile()}"
 
 
 def save_pretrained(run: PretrainRun, directory: str | Path) -> Path:

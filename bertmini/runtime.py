@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,45 +115,116 @@ def file_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("BERTMINI_CACHE") or os.path.join(Path.home(), ".cache", "bertmini")).expanduser()
+
+
 def cache_dir() -> Path:
-    """``BERTMINI_CACHE`` if set, else ``~/.cache/bertmini``; created on first use."""
-    root = os.environ.get("BERTMINI_CACHE") or os.path.join(Path.home(), ".cache", "bertmini")
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """``BERTMINI_CACHE`` if set, else ``~/.cache/bertmini``; created on first use.
+
+    A cache filled before a workshop may be shared read-only: everything in it is written
+    with the umask's mode, so others can read it, and loading never writes."""
+    return make_dir(_cache_root())
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def cache_name(name: str, what: str = "name") -> str:
+    """Check a name that becomes a file or folder in the cache (a chapter's results, a
+    preset): letters, digits, ``.``, ``_`` and ``-``, no ``/`` and no ``..``, so it never
+    leads outside the cache."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} cannot name a file in the cache: use letters, digits, '.', "
+                         "'_' and '-' only (no '/', no '..'), e.g. '05a_classification'")
+    return name
+
+
+def write_error(path: str | os.PathLike, error: OSError, fix: str = "write to a folder you may write to, "
+                "with some free space") -> OSError:
+    """``error`` (same type, so ``except PermissionError`` still works) with the path and the
+    fix in its message; inside the cache the fix is to point ``BERTMINI_CACHE`` elsewhere."""
+    path = Path(path)
+    root = _cache_root()
+    if path == root or root in path.parents:
+        fix = (f"the cache {root} cannot be written (shared read-only, or full?): set BERTMINI_CACHE to "
+               "a folder of your own, e.g. `export BERTMINI_CACHE=$HOME/bertmini-cache`")
+    return type(error)(error.errno, f"cannot write {path} ({error.strerror or error}): {fix}")
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` (with the umask's mode); a folder that cannot be made is named with the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from e
     return path
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, exclusive: bool = True):
+    """Hold a lock on a folder while the block runs, across processes (POSIX ``flock`` on the
+    folder itself; shared for readers, exclusive for writers). Where there is none (Windows,
+    some network file systems) the block runs unguarded."""
+    fd = None
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        pass
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing it releases the lock
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename, so a crash
     never leaves a half-written file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_dir(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
     return path
 
 
+def _results_path(chapter: str) -> Path:
+    return cache_dir() / "results" / f"{cache_name(chapter, 'chapter')}.json"
+
+
 def save_results(chapter: str, results: dict[str, Any]) -> Path:
-    """Merge a chapter's headline numbers into ``<cache>/results/<chapter>.json``."""
-    path = cache_dir() / "results" / f"{chapter}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    old.update(results)
-    return atomic_write_bytes(path, json.dumps(old, indent=2, sort_keys=True).encode())
+    """Merge a chapter's headline numbers into ``<cache>/results/<chapter>.json``. The read,
+    merge and replace hold a lock on the folder, so two processes saving numbers of one
+    chapter at once keep every key."""
+    path = _results_path(chapter)
+    with locked(make_dir(path.parent)):
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old.update(results)
+        return atomic_write_bytes(path, json.dumps(old, indent=2, sort_keys=True).encode())
 
 
 def load_results(chapter: str) -> dict[str, Any]:
     """The numbers a chapter saved with :func:`save_results` (empty if none yet)."""
-    path = cache_dir() / "results" / f"{chapter}.json"
+    path = _results_path(chapter)
     return json.loads(path.read_text()) if path.exists() else {}
 
 

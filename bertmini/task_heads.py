@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import IGNORE_INDEX, BertConfig
-from .model import BertModel, BertPreTrainedModel
+from .model import BertModel, BertPreTrainedModel, class_labels
 from .runtime import can_check_values
 
 __all__ = ["TaskOutput", "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering"]
@@ -98,6 +98,7 @@ class BertForSequenceClassification(_TaskModel):
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
+            labels = class_labels(labels, "labels", logits.device)
             _check_labels(labels, self.num_labels, "BertForSequenceClassification", allow_ignore=False)
             loss = F.cross_entropy(logits, labels)
         return TaskOutput(loss, logits)
@@ -123,6 +124,7 @@ class BertForTokenClassification(_TaskModel):
         logits = self.classifier(self.dropout(hidden))
         loss = None
         if labels is not None:
+            labels = class_labels(labels, "labels", logits.device)
             _check_labels(labels, self.num_labels, "BertForTokenClassification", allow_ignore=True)
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return TaskOutput(loss, logits)
@@ -151,6 +153,8 @@ class BertForQuestionAnswering(_TaskModel):
             raise ValueError("pass both start_positions and end_positions, or neither")
         if start_positions is not None:
             seq = input_ids.shape[1]
+            start_positions = class_labels(start_positions, "start_positions", logits.device)
+            end_positions = class_labels(end_positions, "end_positions", logits.device)
             for name, pos in (("start_positions", start_positions), ("end_positions", end_positions)):
                 _check_labels(pos, seq, f"BertForQuestionAnswering {name} (token positions)", allow_ignore=False)
             loss = (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2

@@ -39,6 +39,7 @@ Not handled:
 from __future__ import annotations
 
 import math
+import operator
 import os
 import re
 import time
@@ -471,8 +472,22 @@ class BertTokenizer:
         batch = {k: pad_rows(v, pad_with[k], length=width) for k, v in rows.items()}
         return batch if return_tensors == "pt" else {k: v.tolist() for k, v in batch.items()}
 
+    def _token_id(self, i) -> int:
+        """``i`` as an index into the vocabulary. Floats are refused (they are scores, not
+        ids), and so are negative ids, which would silently count from the end of the list."""
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"token ids must be integers, got {i!r} ({type(i).__name__}); pass ids, "
+                            "e.g. logits.argmax(-1).tolist(), not scores or probabilities.") from None
+        if not 0 <= i < len(self.ids_to_tokens):
+            raise ValueError(f"id {i} is outside the vocabulary (0..{len(self) - 1}).")
+        return i
+
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return [self.ids_to_tokens[int(i)] for i in ids]
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return [self.ids_to_tokens[self._token_id(i)] for i in ids]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Pieces back to text, as ``tokenizers``' WordPiece decoder: ``##`` pieces
@@ -482,9 +497,7 @@ class BertTokenizer:
             ids = ids.tolist()
         out = []
         for i in ids:
-            i = int(i)
-            if not 0 <= i < len(self.ids_to_tokens):
-                raise ValueError(f"id {i} is outside the vocabulary (0..{len(self) - 1}).")
+            i = self._token_id(i)
             if skip_special_tokens and i in self._special_ids:
                 continue
             tok = self.ids_to_tokens[i]

@@ -290,14 +290,14 @@ def test_load_checkpoint_checks_everything_before_changing_anything(tmp_path):
 def test_an_unwritable_checkpoint_dir_fails_before_the_first_step(tmp_path, monkeypatch):
     steps = []
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(OSError, match=f"cannot write checkpoints to {tmp_path / 'a_file'}"):
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a_file'}.*checkpoint_dir"):
         train(net(), batches(), config(checkpoint_dir=tmp_path / "a_file" / "ck"), callbacks=[steps.append])
 
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(checkpoint, "_write_file", refuse)  # as a read-only folder answers a non-root user
-    with pytest.raises(PermissionError, match=f"cannot write checkpoints to {tmp_path / 'ro'}"):
+    with pytest.raises(PermissionError, match=f"cannot write {tmp_path / 'ro'}.*checkpoint_dir"):
         train(net(), batches(), config(checkpoint_dir=tmp_path / "ro"), callbacks=[steps.append])
     assert steps == []
 
