@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(VENV)/share/bertmini/sources
 TEST_CACHE := $(CURDIR)/_build/test-cache
 
-.PHONY: venv book test test-fp32 bench strip browser-check chromium clean
+.PHONY: venv book test test-fp32 claim-fixtures bench strip browser-check chromium clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,8 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 # fp32, the path of most laptops, on any machine.
 BERTMINI_AMP ?= auto
 TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP)
-# The cell limit leaves room for chapter 4's pretraining on the fp32 path (about 14 min on 2 cores).
+# The cell limit leaves room for chapter 4's pretraining on a slow or busy machine (7 to 10 min on
+# 2 idle cores, on either numeric path; a cell cut off there resumes from its checkpoints when rerun).
 NBVAL := --nbval-lax --nbval-cell-timeout=2400 --sanitize-with tests/sanitize.cfg
 NOTEBOOKS := chapters appendix
 JB_CACHE := $(CURDIR)/_build/.jupyter_cache
@@ -57,6 +58,14 @@ test: venv chromium
 # Every test on the fp32 path (what a CPU without native bf16 runs), whatever this machine has.
 test-fp32:
 	$(MAKE) test BERTMINI_AMP=fp32
+
+# Record what the training chapters' claims read, on the fp32 path (tests/test_claims.py checks
+# the chapters' asserts on these values; see CONTRIBUTING.md).
+CLAIM_CHAPTERS := 04_pretraining 05a_classification 05b_sentence_pairs 05c_token_classification 05d_question_answering
+claim-fixtures: venv
+	for nb in $(CLAIM_CHAPTERS); do \
+	  BERTMINI_CACHE=$(CURDIR)/_build/claims-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=fp32 \
+	    $(BIN)/python tools/claim_fixture.py chapters/$$nb.ipynb || exit 1; done
 
 browser-check: venv chromium
 	$(BIN)/python tools/browser_check.py _build/html

@@ -101,3 +101,29 @@ def nearest_tokens(model, tokenizer, word: str, k: int = 5) -> list[tuple[str, f
     sims[tokenizer.all_special_ids] = -2.0
     top = sims.topk(k)
     return [(tokenizer.ids_to_tokens[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+
+
+@torch.no_grad()
+def class_cohesion(model, tokenizer, words: Sequence[str]) -> dict[str, Any]:
+    """How much a class of words (nationalities, months, ...) has drawn together in the input
+    embeddings: the chance that two members of the class are closer (cosine) than a member and
+    any other piece, an AUC over every such comparison (0.5: no closer than random pieces;
+    1.0: every member's nearest pieces are the other members). Words that are not a single
+    piece of the vocabulary are left out (``used`` lists those that count); at least two must be."""
+    used = [w for w in dict.fromkeys(words) if w in tokenizer.vocab]
+    if len(used) < 2:
+        raise ValueError(f"class_cohesion needs at least two words that are pieces of the vocabulary; "
+                         f"of {list(words)} these are: {used}")
+    emb = torch.nn.functional.normalize(model.bert.embeddings.word_embeddings.weight.float(), dim=-1)
+    ids = torch.tensor([tokenizer.vocab[w] for w in used])
+    sims = emb[ids] @ emb.T                                   # (members, vocab)
+    within = sims[:, ids][~torch.eye(len(ids), dtype=torch.bool)]
+    others = torch.ones(emb.shape[0], dtype=torch.bool)
+    others[ids] = False
+    others[tokenizer.all_special_ids] = False
+    outside = sims[:, others].flatten()
+    # AUC by ranks (Mann-Whitney): the share of (within, outside) pairs in which within is larger.
+    ranks = torch.cat([within, outside]).argsort().argsort().double() + 1
+    n_in, n_out = len(within), len(outside)
+    auc = (ranks[:n_in].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out)
+    return {"auc": float(auc), "used": used, "within": float(within.mean()), "outside": float(outside.mean())}

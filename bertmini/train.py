@@ -268,6 +268,13 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def numeric_path(amp: str | None = "auto", device: torch.device | str | None = None) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: the path ``amp`` takes on ``device`` (default: the
+    book's device), as :func:`resolve_amp` decides it."""
+    device = torch.device(device) if device is not None else runtime.device()
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_amp(amp, device)]
+
+
 def _cpu_has_native_bf16() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

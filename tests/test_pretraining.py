@@ -349,3 +349,30 @@ def test_recipes():
         P.recipe("huge")
     with pytest.raises(TypeError, match="unknown Recipe field"):
         P.recipe("book", layers=3)
+
+
+def test_the_cpu_recipe_takes_the_steps_of_its_numeric_path(monkeypatch):
+    for path, steps in P.CPU_STEPS.items():
+        monkeypatch.setenv("BERTMINI_AMP", path)
+        assert P.recipe("book", profile="cpu").max_steps == steps
+        assert P.pretrained_dir("book").name.endswith(f"-{path}")  # one cached model per path
+    assert P.CPU_STEPS["fp32"] < P.CPU_STEPS["bf16"]
+
+
+def test_class_cohesion_is_an_auc_of_the_embedding_similarities():
+    """Hand cases: a class whose members share one direction scores 1; a class of random
+    vectors about 0.5; words outside the vocabulary are left out, and fewer than two refused."""
+    tok = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)])
+    model = BertForPreTraining(BertConfig(**TINY))
+    emb = model.bert.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        emb.copy_(torch.randn(emb.shape, generator=torch.Generator().manual_seed(0)))
+        emb[5:9] = torch.randn(32) + 0.01 * torch.randn(4, 32)  # w0..w3: nearly one vector
+    tight = probes.class_cohesion(model, tok, ["w0", "w1", "w2", "w3", "nope"])
+    assert tight["used"] == ["w0", "w1", "w2", "w3"] and tight["auc"] == 1.0
+    loose = probes.class_cohesion(model, tok, [f"w{i}" for i in range(20, 60)])
+    assert 0.4 < loose["auc"] < 0.6, loose["auc"]
+    half = probes.class_cohesion(model, tok, ["w0", "w1", "w50", "w51"])  # 2 of the 12 pairs are tight
+    assert 0.5 < half["auc"] < 1.0
+    with pytest.raises(ValueError, match="at least two words"):
+        probes.class_cohesion(model, tok, ["w0", "nope"])

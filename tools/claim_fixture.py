@@ -1,0 +1,91 @@
+"""Record what a chapter's claims were checked on, for tests/test_claims.py.
+
+    .venv/bin/python tools/claim_fixture.py chapters/04_pretraining.ipynb
+
+runs the notebook (with the environment it is given: BERTMINI_AMP, BERTMINI_CACHE, ...),
+then, in the same kernel, saves the value of every name that the notebook's top-level
+``assert`` statements read, as JSON, in ``tests/fixtures/claims/<notebook>.<path>.json``
+(``path``: the numeric path the run trained on, fp32, bf16 or fp16). Values that JSON
+cannot hold (tensors with more than one number, models, functions) are listed as
+``opaque``: the asserts that read them are about code, not about a trajectory, and the
+test leaves them out. The test then evaluates the notebook's *current* asserts on these
+values, so a claim tightened on one numeric path is caught on the others without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from claims import FIXTURES, assert_names, top_level_asserts  # noqa: E402
+
+DUMP = r'''
+import json as _json, math as _math
+def _plain(v, depth=0):
+    import numbers
+    if depth > 6:
+        raise TypeError
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if hasattr(v, "numel") and hasattr(v, "item") and v.numel() == 1:
+        return v.item()
+    if isinstance(v, (set, frozenset)):
+        return {"__set__": sorted((_plain(x, depth + 1) for x in v), key=repr)}
+    if isinstance(v, tuple):
+        return {"__tuple__": [_plain(x, depth + 1) for x in v]}
+    if isinstance(v, list):
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return {k: _plain(x, depth + 1) for k, x in v.items()}
+    raise TypeError(type(v).__name__)
+_values, _opaque = {}, []
+for _n in NAMES:
+    if _n not in globals():
+        continue
+    try:
+        _values[_n] = _plain(globals()[_n])
+    except TypeError:
+        _opaque.append(_n)
+from bertmini.train import numeric_path as _np
+from bertmini import runtime as _rt
+_json.dump({"values": _values, "opaque": sorted(_opaque), "path": _np(), "profile": _rt.profile()},
+           open(OUT, "w"), indent=1, sort_keys=True)
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("--timeout", type=int, default=2400, help="seconds per cell")
+    args = parser.parse_args()
+    nb = nbformat.read(args.notebook, as_version=4)
+    names = sorted(set().union(*(assert_names(a) for a in top_level_asserts(nb))))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "values.json"
+        nb.cells.append(nbformat.v4.new_code_cell(f"NAMES, OUT = {names!r}, {str(out)!r}\n" + DUMP))
+        NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(args.notebook.resolve().parent)}}).execute()
+        record = json.loads(out.read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    record.update(notebook=args.notebook.name, commit=commit.stdout.strip(),
+                  asserts=[a.source for a in top_level_asserts(nb)])
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    target = FIXTURES / f"{args.notebook.stem}.{record['path']}.json"
+    target.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"{target}: {len(record['values'])} values, opaque: {record['opaque']}")
+
+
+if __name__ == "__main__":
+    main()
