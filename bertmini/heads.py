@@ -130,6 +130,39 @@ def _check_mlm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size:
         )
 
 
+def masked_lm(transform, weight: torch.Tensor, bias: torch.Tensor, sequence_output: torch.Tensor,
+              input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: int, training: bool,
+              out: BertForPreTrainingOutput) -> None:
+    """Fill ``out``'s MLM fields from the encoder's ``sequence_output``: ``transform``, then the
+    (tied) decoder ``weight`` and ``bias``. Without ``labels``, the logits at every position; with
+    them, logits, loss and accuracy at the masked positions only (``labels != -100``), and while
+    ``training`` under autograd (with ``bertmini.fast.ENABLED``) the loss from
+    :func:`bertmini.fast.mlm_loss.masked_lm_loss`, which stores no logits. BERT's heads and the
+    variants' (RoBERTa, ALBERT, ELECTRA's generator) all go through here."""
+    if labels is None:
+        out.mlm_logits = F.linear(transform(sequence_output), weight, bias)
+        return
+    labels = class_labels(labels, "labels", input_ids.device)
+    _check_mlm_labels(labels, input_ids, vocab_size)
+    selected = labels != IGNORE_INDEX
+    out.masked_positions = selected.nonzero()
+    out.masked_labels = labels[selected]
+    # The sparse head: gather the masked rows first, then transform and project only them.
+    rows = sequence_output[selected]
+    if out.masked_labels.numel() == 0:  # nothing masked in this batch: no signal, but not an error
+        out.mlm_logits = F.linear(transform(rows), weight, bias)
+        out.mlm_loss = out.mlm_logits.sum() * 0.0
+        out.mlm_accuracy = torch.zeros((), device=input_ids.device)
+        return
+    if fast.ENABLED and training and torch.is_grad_enabled():  # training: never store the logits
+        out.mlm_loss, out.mlm_accuracy = masked_lm_loss(transform(rows), weight, bias, out.masked_labels)
+        return
+    out.mlm_logits = F.linear(transform(rows), weight, bias)
+    out.mlm_loss = F.cross_entropy(out.mlm_logits.float(), out.masked_labels)
+    with torch.no_grad():
+        out.mlm_accuracy = (out.mlm_logits.argmax(-1) == out.masked_labels).float().mean()
+
+
 class _MaskedLMBase(BertPreTrainedModel):
     """The MLM part shared by :class:`BertForPreTraining` and :class:`BertForMaskedLM`."""
 
@@ -143,29 +176,8 @@ class _MaskedLMBase(BertPreTrainedModel):
     def _mlm(self, sequence_output: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None,
              out: BertForPreTrainingOutput) -> None:
         head = self.cls.predictions
-        if labels is None:
-            out.mlm_logits = head(sequence_output)
-            return
-        labels = class_labels(labels, "labels", input_ids.device)
-        _check_mlm_labels(labels, input_ids, self.config.vocab_size)
-        selected = labels != IGNORE_INDEX
-        out.masked_positions = selected.nonzero()
-        out.masked_labels = labels[selected]
-        # The sparse head: gather the masked rows first, then transform and project only them.
-        rows = sequence_output[selected]
-        if out.masked_labels.numel() == 0:  # nothing masked in this batch: no signal, but not an error
-            out.mlm_logits = head(rows)
-            out.mlm_loss = out.mlm_logits.sum() * 0.0
-            out.mlm_accuracy = torch.zeros((), device=input_ids.device)
-            return
-        if fast.ENABLED and self.training and torch.is_grad_enabled():  # training: never store the logits
-            out.mlm_loss, out.mlm_accuracy = masked_lm_loss(head.transform(rows), head.decoder.weight,
-                                                            head.bias, out.masked_labels)
-            return
-        out.mlm_logits = head(rows)
-        out.mlm_loss = F.cross_entropy(out.mlm_logits.float(), out.masked_labels)
-        with torch.no_grad():
-            out.mlm_accuracy = (out.mlm_logits.argmax(-1) == out.masked_labels).float().mean()
+        masked_lm(head.transform, head.decoder.weight, head.bias, sequence_output, input_ids, labels,
+                  self.config.vocab_size, self.training, out)
 
 
 class BertForPreTraining(_MaskedLMBase):

@@ -7,7 +7,10 @@ every key must be accounted for and every shape must match; otherwise the error
 names the keys and shapes that do not fit, rather than loading half a model.
 
 * :func:`from_hf`: a ``transformers`` ``BertModel``, ``BertForPreTraining`` or
-  ``BertForMaskedLM`` -> the bertmini model of the same name.
+  ``BertForMaskedLM``, or one of BERT's family (``RobertaModel``, ``RobertaForMaskedLM``,
+  ``AlbertModel``, ``AlbertForPreTraining``, ``AlbertForMaskedLM``, ``ElectraModel``,
+  ``ElectraForPreTraining``, ``ElectraForMaskedLM``) -> the bertmini model of the same name
+  (:mod:`bertmini.model`, :mod:`bertmini.heads`, :mod:`bertmini.variants`).
 * :func:`to_hf`: back again.
 * :func:`load_pretrained`: a directory with ``config.json`` + ``model.safetensors``
   (e.g. ``bertmini.data.minilm_path()``) -> a bertmini ``BertModel``, offline.
@@ -17,19 +20,45 @@ TensorFlow/Flax checkpoints, sharded or pickled (``.bin``) weight files.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .checkpoint import load_state_dict_strict
 from .config import BertConfig
 from .model import BertModel
 
-# Models with the pretraining heads: same class name on both sides; the bertmini
-# ones live in ``bertmini.heads`` (chapter 4) and are imported only when needed.
-HEAD_MODELS = ("BertForPreTraining", "BertForMaskedLM")
+# Every model from_hf / to_hf converts: the transformers class name (the same on both sides) ->
+# (the bertmini module that defines it, the name of its config class there). Modules other than
+# bertmini.model are imported only when needed.
+MODELS = {
+    "BertModel": ("bertmini.model", "BertConfig"),
+    "BertForPreTraining": ("bertmini.heads", "BertConfig"),
+    "BertForMaskedLM": ("bertmini.heads", "BertConfig"),
+    "RobertaModel": ("bertmini.variants.roberta", "RobertaConfig"),
+    "RobertaForMaskedLM": ("bertmini.variants.roberta", "RobertaConfig"),
+    "AlbertModel": ("bertmini.variants.albert", "AlbertConfig"),
+    "AlbertForPreTraining": ("bertmini.variants.albert", "AlbertConfig"),
+    "AlbertForMaskedLM": ("bertmini.variants.albert", "AlbertConfig"),
+    "ElectraModel": ("bertmini.variants.electra", "ElectraConfig"),
+    "ElectraForPreTraining": ("bertmini.variants.electra", "ElectraConfig"),
+    "ElectraForMaskedLM": ("bertmini.variants.electra", "ElectraConfig"),
+}
+HEAD_MODELS = ("BertForPreTraining", "BertForMaskedLM")  # BERT's models with the pretraining heads
+# The encoders whose pooler is optional (add_pooling_layer=...); ELECTRA's has none.
+POOLER_OPTIONAL = ("BertModel", "RobertaModel", "AlbertModel")
+ACCEPTED = ", ".join(MODELS)
+
+
+def _model_name(model, home) -> str | None:
+    """The name in :data:`MODELS` of ``model``'s class, or of the nearest base class it
+    derives from; ``home(name)`` is the class of that name it must really be."""
+    for klass in type(model).__mro__:
+        if klass.__name__ in MODELS and klass is home(klass.__name__):
+            return klass.__name__
+    return None
 
 
 def _hf_aliases(hf_model) -> dict[str, str]:
@@ -40,51 +69,51 @@ def _hf_aliases(hf_model) -> dict[str, str]:
 def from_hf(hf_model) -> nn.Module:
     """A bertmini model with the config and weights of a ``transformers`` model.
 
+    Each class of :data:`MODELS` becomes the bertmini class of the same name:
     ``transformers.BertModel`` -> :class:`bertmini.model.BertModel` (with a pooler iff
-    the original has one); ``transformers.BertForPreTraining`` / ``BertForMaskedLM`` ->
-    ``bertmini.heads.BertForPreTraining`` / ``BertForMaskedLM``. The result is in the
-    same train/eval mode.
+    the original has one); ``BertForPreTraining`` / ``BertForMaskedLM`` ->
+    ``bertmini.heads``; the RoBERTa, ALBERT and ELECTRA classes -> ``bertmini.variants``.
+    The result is in the same train/eval mode.
     """
     if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
         what = "a state dict" if isinstance(hf_model, dict) else f"a {type(hf_model).__name__}"
-        raise TypeError(f"from_hf takes a transformers model (BertModel, {' or '.join(HEAD_MODELS)}), got {what}; "
+        raise TypeError(f"from_hf takes a transformers model ({ACCEPTED}), got {what}; "
                         "pass the model itself, e.g. from_hf(transformers.BertModel.from_pretrained(path)). "
                         "Weights on disk load with bertmini.hf.load_pretrained(directory).")
     import transformers
 
-    config = BertConfig.from_hf(hf_model.config)
-    name = type(hf_model).__name__
-    if name in HEAD_MODELS and isinstance(hf_model, getattr(transformers, name)):
-        from . import heads
-
-        model = getattr(heads, name)(config)
-    elif isinstance(hf_model, transformers.BertModel):
-        model = BertModel(config, add_pooling_layer=hf_model.pooler is not None)
+    name = _model_name(hf_model, lambda n: getattr(transformers, n, None))
+    if name is None:
+        raise TypeError(f"from_hf takes a transformers {ACCEPTED}; got {type(hf_model).__name__}")
+    module = importlib.import_module(MODELS[name][0])
+    config = getattr(module, MODELS[name][1]).from_hf(hf_model.config)
+    if name in POOLER_OPTIONAL:
+        model = getattr(module, name)(config, add_pooling_layer=hf_model.pooler is not None)
     else:
-        raise TypeError(
-            f"from_hf takes a transformers BertModel, {' or '.join(HEAD_MODELS)}, got {name}"
-        )
-    load_state_dict_strict(model, hf_model.state_dict(), source=type(hf_model).__name__, aliases=_hf_aliases(hf_model))
+        model = getattr(module, name)(config)
+    load_state_dict_strict(model, hf_model.state_dict(), source=name, aliases=_hf_aliases(hf_model))
     return model.train(hf_model.training)
 
 
 def to_hf(model: nn.Module):
-    """The ``transformers`` twin of a bertmini ``BertModel``, ``BertForPreTraining`` or
-    ``BertForMaskedLM``, with the same weights (attention implementation as
-    ``transformers`` chooses)."""
+    """The ``transformers`` twin of a bertmini model of :data:`MODELS` (same class name), with
+    the same weights (attention implementation as ``transformers`` chooses). An ALBERT with
+    bertmini's ``share_attention_only`` becomes a library ALBERT with one layer per step
+    (the shared attention copied into each): the same outputs, without the sharing."""
     import transformers
 
-    name = type(model).__name__
-    if isinstance(model, BertModel):
-        hf = transformers.BertModel(model.config.to_hf(), add_pooling_layer=model.pooler is not None)
-    elif name in HEAD_MODELS and type(model).__module__ == "bertmini.heads":
-        hf = getattr(transformers, name)(model.config.to_hf())
+    name = _model_name(model, lambda n: getattr(importlib.import_module(MODELS[n][0]), n))
+    if name is None:
+        raise TypeError(f"to_hf takes a bertmini {ACCEPTED}; got {type(model).__module__}.{type(model).__name__}")
+    hf_class = getattr(transformers, name)
+    if name in POOLER_OPTIONAL:
+        hf = hf_class(model.config.to_hf(), add_pooling_layer=model.pooler is not None)
     else:
-        raise TypeError(f"to_hf takes a bertmini BertModel, {' or '.join(HEAD_MODELS)}, got {name}")
+        hf = hf_class(model.config.to_hf())
     own = model.state_dict()
     aliases = {v: k for k, v in _hf_aliases(hf).items()}  # the reverse direction
     aliases.update(_hf_aliases(hf))
-    load_state_dict_strict(hf, own, source=f"bertmini {type(model).__name__}", aliases=aliases)
+    load_state_dict_strict(hf, own, source=f"bertmini {name}", aliases=aliases)
     # Loading may re-tie; make sure the tied copies really are the loaded weights.
     if hasattr(hf, "tie_weights"):
         hf.tie_weights()
