@@ -63,14 +63,18 @@ def _value(v):
 
 
 def load_fixture(path: Path) -> dict:
+    """``{"cells": {index: {"values": ..., "opaque": [...]}}, "path": ..., ...}``: per code cell
+    with asserts, the values its asserts read right after it ran."""
     record = json.loads(path.read_text())
-    record["values"] = {k: _value(v) for k, v in record["values"].items()}
+    for cell in record["cells"].values():
+        cell["values"] = {k: _value(v) for k, v in cell["values"].items()}
     return record
 
 
 def evaluate(claim: Claim, values: dict) -> bool:
     expression = ast.Expression(claim.node.test)
-    return bool(eval(compile(expression, "<claim>", "eval"), {"__builtins__": builtins}, dict(values)))
+    # The values are globals, so that comprehensions and generator expressions see them too.
+    return bool(eval(compile(expression, "<claim>", "eval"), {"__builtins__": builtins, **values}))
 
 
 def read_notebook(name: str):
