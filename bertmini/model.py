@@ -322,7 +322,11 @@ class BertModel(BertPreTrainedModel):
         # device sync, so only a CPU looks.
         if attention_mask is not None and not (can_check_values(attention_mask) and bool(attention_mask.all())):
             mask = attention_mask.to(torch.bool)[:, None, None, :]
-        hidden = self.embeddings(input_ids.long(), token_type_ids.long())
+        hidden = self.embed(input_ids.long(), token_type_ids.long())
         hidden, attentions, states = self.encoder(hidden, mask, output_attentions, output_hidden_states)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return BertModelOutput(hidden, pooled, attentions, states)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: the summed embeddings (ELECTRA projects them here as well)."""
+        return self.embeddings(input_ids, token_type_ids)

@@ -7,7 +7,8 @@ and right after each code cell with top-level ``assert`` statements saves, in th
 the value of every name those asserts read (a name a later cell binds again is recorded as the
 assert saw it), as JSON, in ``tests/fixtures/claims/<notebook>.<path>.json``
 (``path``: the numeric path the run trained on, fp32, bf16 or fp16). Values that JSON
-cannot hold (tensors with more than one number, models, functions) are listed as
+cannot hold (tensors with more than one number, models, functions) or that would take more than
+``MAX_CHARS`` characters (a data set, say) are listed as
 ``opaque``: the asserts that read them are about code, not about a trajectory, and the
 test leaves them out. The test then evaluates the notebook's *current* asserts on these
 values, so a claim tightened on one numeric path is caught on the others without training.
@@ -27,6 +28,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from claims import FIXTURES, assert_names, top_level_asserts  # noqa: E402
+
+MAX_CHARS = 4000
 
 DUMP = r'''
 import json as _json, math as _math
@@ -56,7 +59,10 @@ for _n in _NAMES:
     if _n not in globals():
         continue
     try:
-        _values[_n] = _plain(globals()[_n])
+        _v = _plain(globals()[_n])
+        if len(_json.dumps(_v)) > MAX_CHARS:  # a data set, not a number: the fixture stays small
+            raise TypeError
+        _values[_n] = _v
     except TypeError:
         _opaque.append(_n)
 from bertmini.train import numeric_path as _np
@@ -83,7 +89,7 @@ def main() -> None:
             names = sorted(set().union(set(), *(assert_names(a) for a in claims if a.cell == i)))
             if names:
                 run.cells.append(nbformat.v4.new_code_cell(
-                    f"_NAMES, _OUT, _CELL = {names!r}, {str(out)!r}, {i}\n" + DUMP))
+                    f"_NAMES, _OUT, _CELL, MAX_CHARS = {names!r}, {str(out)!r}, {i}, {MAX_CHARS}\n" + DUMP))
         NotebookClient(run, timeout=args.timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(args.notebook.resolve().parent)}}).execute()
         rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..heads import BertForPreTrainingOutput, masked_lm
-from ..model import ACT_FN, BertEmbeddings, BertEncoder, BertModel, BertModelOutput, BertPreTrainedModel, class_labels
+from ..model import ACT_FN, BertEmbeddings, BertEncoder, BertModel, BertPreTrainedModel, class_labels
 from ..runtime import can_check_values
 from .common import VariantConfig, at_width, check_embedding_size
 
@@ -96,20 +96,11 @@ class ElectraModel(BertModel):
         self.pooler = None
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, output_attentions=False,
-                output_hidden_states=False) -> BertModelOutput:
-        """As :meth:`bertmini.model.BertModel.forward`, with the projection after the embeddings."""
-        self.check_inputs(input_ids, token_type_ids, attention_mask)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        mask = None
-        if attention_mask is not None and not (can_check_values(attention_mask) and bool(attention_mask.all())):
-            mask = attention_mask.to(torch.bool)[:, None, None, :]
-        hidden = self.embeddings(input_ids.long(), token_type_ids.long())
-        if hasattr(self, "embeddings_project"):  # E -> hidden
-            hidden = self.embeddings_project(hidden)
-        hidden, attentions, states = self.encoder(hidden, mask, output_attentions, output_hidden_states)
-        return BertModelOutput(hidden, None, attentions, states)
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """BERT's embeddings at width ``E``, then ``embeddings_project`` to ``hidden_size``; the rest of
+        the forward pass is :meth:`bertmini.model.BertModel.forward`."""
+        hidden = self.embeddings(input_ids, token_type_ids)
+        return self.embeddings_project(hidden) if hasattr(self, "embeddings_project") else hidden
 
 
 class ElectraDiscriminatorPredictions(nn.Module):
