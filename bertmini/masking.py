@@ -411,13 +411,16 @@ class MaskedBatches:
     epoch. Shuffling and masking draw from the global torch random state, which
     :func:`bertmini.train.train` owns and saves, so a resumed run sees exactly the
     batches it would have. ``use_nsp=False`` leaves ``next_sentence_label`` out (MLM alone).
+    ``mask_replace_prob`` / ``random_replace_prob`` change BERT's 80/10/10 (ELECTRA: 0.85 / 0).
     """
 
-    def __init__(self, data, tokenizer, batch_size: int, *, mlm_probability: float = 0.15, use_nsp: bool = True):
+    def __init__(self, data, tokenizer, batch_size: int, *, mlm_probability: float = 0.15, use_nsp: bool = True,
+                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
         if batch_size < 1 or batch_size > len(data):
             raise ValueError(f"batch_size={batch_size} must be between 1 and the {len(data)} examples")
         self.data, self.batch_size, self.use_nsp = data, batch_size, use_nsp
-        self.collator = MLMCollator(tokenizer, mlm_probability)
+        self.collator = MLMCollator(tokenizer, mlm_probability, mask_replace_prob=mask_replace_prob,
+                                    random_replace_prob=random_replace_prob)
 
     def __len__(self) -> int:
         return len(self.data) // self.batch_size  # the last partial batch is dropped

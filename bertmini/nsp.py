@@ -155,6 +155,11 @@ def make_nsp_pairs(docs: Sequence[Sequence[list[int]]], max_length: int = 64, *,
             a, b = _truncate_pair(list(a), list(b), budget)
             pairs.append((a, b, label))
             i = k
+    if not pairs and docs:
+        task = "sentence-order prediction" if negatives == "same_article" else "next-sentence prediction"
+        raise ValueError(f"no sentence pairs: {task} needs articles of at least two sentences (an A and the B "
+                         f"that follows it), and each of the {len(docs)} articles has one or none. Pass longer "
+                         f"articles, or check the sentence split (bertmini.nsp.split_sentences)")
     return pairs
 
 

@@ -4,6 +4,7 @@
 * :mod:`~bertmini.variants.albert`: factorised embeddings, cross-layer sharing, sentence-order prediction.
 * :mod:`~bertmini.variants.electra`: embeddings of their own width, a generator and a per-token discriminator.
 * :mod:`~bertmini.variants.common`: the few pieces the three share.
+* :mod:`~bertmini.variants.race`: the three and BERT pretrained on one budget, then fine-tuned alike.
 
 Every class has the name and the parameter names of its ``transformers`` twin, and
 ``bertmini.hf.from_hf`` / ``to_hf`` convert both ways (``tests/test_variants.py``).

@@ -190,11 +190,100 @@ class ElectraForMaskedLM(BertPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.generator_lm_head
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> BertForPreTrainingOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                keep_logits: bool = False) -> BertForPreTrainingOutput:
+        """``keep_logits=True`` computes the logits at the masked positions even while training
+        (:class:`ElectraPretraining` samples its replacements from them)."""
         encoded = self.electra(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
         out = BertForPreTrainingOutput()
         masked_lm(self.generator_predictions, self.generator_lm_head.weight, self.generator_lm_head.bias,
                   encoded.last_hidden_state, input_ids, labels,
-                  self.config.vocab_size, self.training, out)
+                  self.config.vocab_size, self.training and not keep_logits, out)
         out.loss = out.mlm_loss
         return out
+
+
+# ----------------------------------------------------------------------------- pretraining both
+
+# ELECTRA's masking (the paper's code, pretrain_helpers.mask): 15% of the tokens are chosen; of
+# those 85% become [MASK] and 15% keep their token; none becomes a random token, because the
+# generator's samples are the replacements. Pass these to bertmini.masking.MaskedBatches.
+MASKING = {"mlm_probability": 0.15, "mask_replace_prob": 0.85, "random_replace_prob": 0.0}
+
+
+@dataclass
+class ElectraPretrainingOutput:
+    """What :class:`ElectraPretraining` returns: ``loss = mlm_loss + disc_weight * disc_loss``,
+    the generator's masked-LM loss and accuracy, the discriminator's loss and per-token
+    accuracy, and ``replaced_share`` (the share of real tokens the sample changed)."""
+
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    mlm_accuracy: torch.Tensor | None = None
+    disc_loss: torch.Tensor | None = None
+    disc_accuracy: torch.Tensor | None = None
+    replaced_share: torch.Tensor | None = None
+    corrupted_ids: torch.Tensor | None = None
+    replaced: torch.Tensor | None = None
+
+
+class ElectraPretraining(nn.Module):
+    """ELECTRA's pretraining: a small generator and the discriminator, trained together.
+
+    ``forward(input_ids, token_type_ids=None, attention_mask=None, labels=None)`` takes a
+    masked batch (``labels`` as for BERT's MLM, from :data:`MASKING`) and
+
+    1. runs the **generator** (an :class:`ElectraForMaskedLM`, ``generator_fraction`` of the
+       discriminator's width) on it: its masked-LM loss at the masked positions;
+    2. **samples** a replacement at each masked position from the generator's softmax
+       (``torch.multinomial``: no gradient flows through the sample, as in the paper);
+    3. labels every real token of the corrupted input **replaced (1) only if it changed**: a
+       sample equal to the original token counts as original (0);
+    4. runs the **discriminator** (:class:`ElectraForPreTraining`) on the corrupted input.
+
+    ``loss = mlm_loss + disc_weight * disc_loss`` (the paper's lambda = 50). The two share one
+    embedding module (token, position and type tables and their LayerNorm, width ``E``), so
+    the generator's tied decoder is the discriminator's token table too. After pretraining
+    the discriminator is the model kept (``self.discriminator.electra`` is the encoder).
+
+    Kept from the paper: the small generator at the same depth, the shared embeddings, one
+    optimizer for both, sampling with no gradient, "replaced only if changed", lambda = 50, the
+    85/15 masking. Changed or dropped: ``torch.multinomial`` instead of the code's Gumbel-max
+    trick (the same distribution); no cap on masked positions per row (the code's
+    ``max_predictions_per_seq``); the paper's scale (ELECTRA-small: 12 layers, 1M steps of 128
+    sequences of 128 tokens).
+    """
+
+    def __init__(self, discriminator: ElectraConfig, generator: ElectraConfig | None = None,
+                 disc_weight: float = 50.0):
+        super().__init__()
+        generator = generator if generator is not None else generator_config(discriminator)
+        check_generator_fits(generator, discriminator)
+        if not disc_weight > 0:
+            raise ValueError(f"disc_weight={disc_weight!r} must be positive (ELECTRA uses 50)")
+        self.config, self.disc_weight = discriminator, float(disc_weight)
+        self.generator = ElectraForMaskedLM(generator)
+        self.discriminator = ElectraForPreTraining(discriminator)
+        shared = self.discriminator.electra.embeddings
+        self.generator.electra.embeddings = shared  # one embedding module for both
+        self.generator.generator_lm_head.weight = shared.word_embeddings.weight
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> ElectraPretrainingOutput:
+        if labels is None:
+            raise ValueError("ElectraPretraining needs masked-LM labels (the original id at each masked position, "
+                             "-100 elsewhere); mask the batch first, e.g. with bertmini.masking.MaskedBatches(..., "
+                             "**bertmini.variants.electra.MASKING)")
+        gen = self.generator(input_ids, token_type_ids, attention_mask, labels=labels, keep_logits=True)
+        with torch.no_grad():
+            probs = torch.softmax(gen.mlm_logits.float(), dim=-1)
+            sampled = torch.multinomial(probs, 1).squeeze(-1) if len(probs) else gen.masked_labels
+            original = torch.where(labels == -100, input_ids, labels)
+            corrupted = input_ids.clone()
+            corrupted[labels != -100] = sampled.to(corrupted.dtype)
+            replaced = (corrupted != original).long()
+        disc = self.discriminator(corrupted, token_type_ids, attention_mask, labels=replaced)
+        real = torch.ones_like(replaced, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return ElectraPretrainingOutput(
+            loss=gen.mlm_loss + self.disc_weight * disc.loss, mlm_loss=gen.mlm_loss, mlm_accuracy=gen.mlm_accuracy,
+            disc_loss=disc.loss, disc_accuracy=disc.accuracy,
+            replaced_share=replaced[real].float().mean(), corrupted_ids=corrupted, replaced=replaced)

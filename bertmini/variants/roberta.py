@@ -147,3 +147,86 @@ class RobertaForMaskedLM(BertPreTrainedModel):
                   self.config.vocab_size, self.training, out)
         out.loss = out.mlm_loss
         return out
+
+
+# ----------------------------------------------------------------------------- RoBERTa's recipe
+
+
+def pack_full_sentences(docs, tokenizer, max_length: int = 64, whole_sentences: bool = False):
+    """RoBERTa's FULL-SENTENCES inputs: contiguous text packed into rows of ``max_length`` tokens.
+
+    ``docs`` is a list of articles, each a list of sentences of token ids
+    (:func:`bertmini.nsp.tokenize_articles`). The text runs on across sentence *and* article
+    boundaries, with a ``[SEP]`` where one article ends and the next begins (RoBERTa's extra
+    separator); each row is ``[CLS] ... [SEP]``. RoBERTa cuts rows only at sentence ends,
+    which at 512 tokens wastes little; at the book's 64 a row holds two or three sentences and
+    would lose about a quarter of its tokens to padding, so by default rows are cut exactly at
+    ``max_length`` (a sentence may continue in the next row). ``whole_sentences=True`` keeps
+    RoBERTa's rule (a sentence longer than a row is then cut into row-sized pieces).
+
+    No NSP, one segment: ``token_type_ids`` are all 0 and ``next_sentence_label`` is 0
+    everywhere (:class:`bertmini.masking.MaskedBatches` with ``use_nsp=False`` leaves it out).
+    Returns a :class:`bertmini.nsp.PretrainingData` (``special_tokens_mask`` is 1 at
+    ``[CLS]``, every ``[SEP]`` and padding).
+    """
+    from ..nsp import PretrainingData
+    from ..padding import length_mask, pad_rows
+
+    if not isinstance(max_length, int) or max_length < 8:
+        raise ValueError(f"max_length={max_length!r} is too short to pack sentences into; use 64 or more")
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    budget = max_length - 2  # [CLS] ... [SEP]
+    # the text as units that a row may not split: sentences (whole_sentences) or single tokens
+    units: list[list[int]] = []
+    for doc in (d for d in docs if d):
+        if units:
+            units.append([sep_id])  # the separator between two articles
+        for sentence in doc:
+            if whole_sentences:
+                units += [sentence[i:i + budget] for i in range(0, len(sentence), budget)]
+            else:
+                units += [[t] for t in sentence]
+    rows: list[list[int]] = []
+    row: list[int] = []
+    for unit in units:
+        if len(row) + len(unit) > budget:
+            rows.append(row)
+            row = []
+        if row or unit != [sep_id]:  # a row never starts with an article separator
+            row += unit
+    rows.append(row)
+    rows = [r[:-1] if r[-1:] == [sep_id] else r for r in rows]  # [SEP] closes every row anyway
+    rows = [[cls_id, *r, sep_id] for r in rows if r]
+    if not rows:
+        raise ValueError("no text to pack: the articles are empty")
+    ids = pad_rows(rows, tokenizer.pad_token_id, length=max_length)
+    special = ((ids == cls_id) | (ids == sep_id) | (ids == tokenizer.pad_token_id)).long()
+    return PretrainingData(ids, torch.zeros_like(ids), length_mask([len(r) for r in rows], max_length),
+                           special, torch.zeros(len(rows), dtype=torch.long))
+
+
+def byte_level_bpe(texts, vocab_size: int = 8000, min_frequency: int = 2):
+    """GPT-2's and RoBERTa's tokenizer kind, trained on ``texts``: the real
+    ``tokenizers.ByteLevelBPETokenizer``. Every string splits into bytes first, so nothing is
+    ever unknown; merges are learned by frequency, as WordPiece's are by likelihood."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    return bpe
+
+
+def tokenizer_stats(pieces_of, texts) -> dict[str, float]:
+    """``pieces_per_word`` (pieces over whitespace-separated words) and ``unknown_share`` (the
+    share of pieces that are an unknown token, ``[UNK]`` or ``<unk>``) of a tokenizer over
+    ``texts``; ``pieces_of(text)`` returns the pieces of one text as strings."""
+    words = pieces = unknown = 0
+    for text in texts:
+        p = pieces_of(text)
+        words += len(text.split())
+        pieces += len(p)
+        unknown += sum(t in ("[UNK]", "<unk>") for t in p)
+    if words == 0:
+        raise ValueError("tokenizer_stats: the texts hold no words")
+    return {"pieces_per_word": pieces / words, "unknown_share": unknown / max(pieces, 1)}
