@@ -334,11 +334,6 @@ def frozen_accuracy(encoder: BertModel, tokenizer, train_set, test_set, num_labe
     return accuracy(predicted, [y for _, y in test_set])
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Parameters of ``module``, each shared tensor counted once."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
-
-
 def encoder_parameters(arm: str, rcp: RaceRecipe, vocab_size: int, size: str | None = None) -> int:
     """Parameters of ``arm``'s encoder (embeddings, layers and pooler where it has one; no
     pretraining heads) at ``size``, with 512 positions at a named size; built on the ``meta``
@@ -352,4 +347,4 @@ def encoder_parameters(arm: str, rcp: RaceRecipe, vocab_size: int, size: str | N
            "albert_shared_attention": AlbertModel, "electra": ElectraModel}[arm]
     with torch.device("meta"):
         model = cls(config)
-    return count_parameters(model)
+    return model.num_parameters()  # each shared tensor once
