@@ -237,7 +237,11 @@ class Batches:
         n = len(self.examples)
         order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
         for i in range(0, n, self.batch_size):
-            yield collate([self.examples[j] for j in order[i:i + self.batch_size]], self.pad_token_id)
+            yield self.collate([self.examples[j] for j in order[i:i + self.batch_size]])
+
+    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """One batch: :func:`collate` (a subclass may add keys, as distillation adds the teacher's outputs)."""
+        return collate(examples, self.pad_token_id)
 
 
 def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0
@@ -260,6 +264,8 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: f
     micro_batch_size`` accumulated micro-batches (so memory holds only a micro-batch);
     each micro-batch padded to its own longest example. The loop is ``bertmini.train``'s.
     ``amp=None`` (fp32) by default: small CPU runs gain little from bf16 and lose precision.
+    ``examples`` may also be a :class:`Batches` of micro-batches (of a subclass that adds keys
+    to each batch, as :mod:`bertmini.distillation` does).
     """
     from bertmini.train import TrainConfig, train
 
@@ -267,7 +273,13 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: f
     micro = batch_size if micro_batch_size is None else _check_batch_size(micro_batch_size, "micro_batch_size")
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
-    data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
+    if isinstance(examples, Batches):
+        if examples.batch_size != micro:
+            raise ValueError(f"the Batches given hold {examples.batch_size} examples each; finetune needs "
+                             f"micro-batches of {micro} (micro_batch_size, else batch_size)")
+        data = examples
+    else:
+        data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
     config = TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          epochs=None if max_steps else epochs, max_steps=max_steps,
                          grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,

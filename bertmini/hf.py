@@ -9,7 +9,8 @@ names the keys and shapes that do not fit, rather than loading half a model.
 * :func:`from_hf`: a ``transformers`` ``BertModel``, ``BertForPreTraining`` or
   ``BertForMaskedLM``, or one of BERT's family (``RobertaModel``, ``RobertaForMaskedLM``,
   ``AlbertModel``, ``AlbertForPreTraining``, ``AlbertForMaskedLM``, ``ElectraModel``,
-  ``ElectraForPreTraining``, ``ElectraForMaskedLM``) -> the bertmini model of the same name
+  ``ElectraForPreTraining``, ``ElectraForMaskedLM``, ``DistilBertModel``,
+  ``DistilBertForMaskedLM``) -> the bertmini model of the same name
   (:mod:`bertmini.model`, :mod:`bertmini.heads`, :mod:`bertmini.variants`).
 * :func:`to_hf`: back again.
 * :func:`load_pretrained`: a directory with ``config.json`` + ``model.safetensors``
@@ -45,6 +46,8 @@ MODELS = {
     "ElectraModel": ("bertmini.variants.electra", "ElectraConfig"),
     "ElectraForPreTraining": ("bertmini.variants.electra", "ElectraConfig"),
     "ElectraForMaskedLM": ("bertmini.variants.electra", "ElectraConfig"),
+    "DistilBertModel": ("bertmini.variants.distilbert", "DistilBertConfig"),
+    "DistilBertForMaskedLM": ("bertmini.variants.distilbert", "DistilBertConfig"),
 }
 HEAD_MODELS = ("BertForPreTraining", "BertForMaskedLM")  # BERT's models with the pretraining heads
 # The encoders whose pooler is optional (add_pooling_layer=...); ELECTRA's has none.
@@ -72,7 +75,7 @@ def from_hf(hf_model) -> nn.Module:
     Each class of :data:`MODELS` becomes the bertmini class of the same name:
     ``transformers.BertModel`` -> :class:`bertmini.model.BertModel` (with a pooler iff
     the original has one); ``BertForPreTraining`` / ``BertForMaskedLM`` ->
-    ``bertmini.heads``; the RoBERTa, ALBERT and ELECTRA classes -> ``bertmini.variants``.
+    ``bertmini.heads``; the RoBERTa, ALBERT, ELECTRA and DistilBERT classes -> ``bertmini.variants``.
     The result is in the same train/eval mode.
     """
     if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
