@@ -61,6 +61,7 @@ class DistillationRecipe:
     lr: float = 1e-4
     epochs: float = 3
     batch_size: int = 32
+    amp: str | None = "auto"  # bf16 where the CPU or GPU has it natively (bertmini.train.resolve_amp)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -188,19 +189,21 @@ class TeacherTargets:
 
 def teacher_targets(teacher: BertForSequenceClassification, examples: Sequence[dict], batch_size: int = 64,
                     progress: bool = True) -> TeacherTargets:
-    """Run ``teacher`` once over ``examples`` (eval mode, no gradients): its logits and last hidden states."""
+    """Run ``teacher`` once over ``examples`` (eval mode, fp32, no gradients): its logits and last
+    hidden states, in the order of ``examples``. The examples go through in order of length, so
+    that a batch holds sentences of about one length and little padding is computed."""
     from tqdm.auto import tqdm
 
-    logits, hidden = [], []
-    starts = range(0, len(examples), batch_size)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    logits, hidden = [None] * len(examples), [None] * len(examples)
     with runtime.eval_mode(teacher):
-        for i in tqdm(starts, desc="teacher outputs", disable=not progress, mininterval=1.0):
-            chunk = examples[i:i + batch_size]
-            batch = collate([{k: ex[k] for k in ("input_ids", "token_type_ids") if k in ex} for ex in chunk])
-            encoded = teacher.bert(batch["input_ids"], token_type_ids=batch.get("token_type_ids"),
-                                   attention_mask=batch["attention_mask"])
-            logits += list(teacher.classifier(encoded.pooler_output).float())
-            hidden += [h[:len(ex["input_ids"])].half() for h, ex in zip(encoded.last_hidden_state, chunk)]
+        for start in tqdm(range(0, len(order), batch_size), desc="teacher outputs", disable=not progress,
+                          mininterval=1.0):
+            chunk = order[start:start + batch_size]
+            batch = collate([{k: examples[i][k] for k in ("input_ids", "token_type_ids")} for i in chunk])
+            encoded = teacher.bert(**batch)
+            for i, z, h in zip(chunk, teacher.classifier(encoded.pooler_output), encoded.last_hidden_state):
+                logits[i], hidden[i] = z.float(), h[:len(examples[i]["input_ids"])].half()
     return TeacherTargets(logits, hidden, teacher.config.vocab_size, teacher.config.hidden_size)
 
 
@@ -248,7 +251,7 @@ def distil(student: BertForSequenceClassification, examples: Sequence[dict], tar
     check_student(student, targets, recipe)
     data = DistillationBatches(examples, targets, recipe.batch_size)
     return finetune(Distiller(student, recipe), data, lr=recipe.lr, epochs=recipe.epochs,
-                    batch_size=recipe.batch_size, seed=recipe.seed, desc=desc, progress=progress)
+                    batch_size=recipe.batch_size, amp=recipe.amp, seed=recipe.seed, desc=desc, progress=progress)
 
 
 # ------------------------------------------------------------------ cheaper still, and what it costs

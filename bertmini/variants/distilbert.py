@@ -39,7 +39,7 @@ from torch import nn
 from ..attention import as_additive, scaled_dot_product_attention
 from ..fast.dropout import Dropout
 from ..heads import BertForPreTrainingOutput, masked_lm
-from ..model import ACT_FN, BertEmbeddings, BertModel, BertModelOutput, BertPreTrainedModel
+from ..model import ACT_FN, BertEmbeddings, BertEncoder, BertModel, BertModelOutput, BertPreTrainedModel
 from ..runtime import can_check_values
 from .common import VariantConfig
 
@@ -145,21 +145,12 @@ class TransformerBlock(nn.Module):
         return self.output_layer_norm(self.ffn(attended) + attended), probs
 
 
-class Transformer(nn.Module):
-    """``num_hidden_layers`` blocks in a row (BERT's ``encoder``)."""
+class Transformer(BertEncoder):
+    """BERT's encoder (its forward pass, unchanged) over DistilBERT's blocks."""
 
     def __init__(self, config: DistilBertConfig):
-        super().__init__()
+        nn.Module.__init__(self)  # BertEncoder's one module, built here with DistilBERT's blocks
         self.layer = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_hidden_layers))
-
-    def forward(self, hidden_states, mask=None, output_attentions=False, output_hidden_states=False):
-        attentions, states = [], [hidden_states]
-        for block in self.layer:
-            hidden_states, probs = block(hidden_states, mask, output_attentions)
-            attentions.append(probs)
-            states.append(hidden_states)
-        return (hidden_states, tuple(attentions) if output_attentions else None,
-                tuple(states) if output_hidden_states else None)
 
 
 class DistilBertModel(BertPreTrainedModel):
