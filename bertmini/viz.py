@@ -104,7 +104,10 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
     ax.set_xlabel("position in the sequence (boxes; small italic text = the label the model must predict)")
     ax.set_ylabel("setting")
     ax.set_title(title, pad=22)
-    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in MASK_KINDS],
+    # the legend names only what the figure shows (a short sentence may have no random token)
+    present = {kind for _, r in rows for kind in r["kinds"]}
+    kinds = [k for k in MASK_KINDS if k in present]
+    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in kinds],
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
 
