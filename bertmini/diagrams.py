@@ -378,23 +378,28 @@ def _parameters_by_part(model, parts) -> dict[str, int]:
     return counts
 
 
-def pretrain_finetune_diagram(pretrained, finetuned):
+def pretrain_finetune_diagram(pretrained, finetuned, **head_kwargs):
     """The BERT paper's Figure 1: one encoder used twice. Left, ``pretrained`` (a
     ``BertForPreTraining``) with its masked-LM head, whose decoder is tied to the word embeddings
-    (if it is), and its NSP head on ``[CLS]``; right, ``finetuned`` (a model of
-    :mod:`bertmini.task_heads`) with its new head. Parameter counts come from the two models,
-    output shapes from a forward pass of each."""
+    (if it is), and its NSP head on ``[CLS]``; right, ``finetuned`` with its new head: a model of
+    :mod:`bertmini.task_heads`, or one of their classes, then built around ``pretrained.bert``
+    with ``head_kwargs`` (e.g. ``num_labels=2``) without drawing from torch's random stream.
+    Parameter counts come from the two models, output shapes from a forward pass of each."""
     if not hasattr(getattr(pretrained, "cls", None), "seq_relationship"):
         raise TypeError(f"pretrained must be a BertForPreTraining (MLM and NSP heads), got {type(pretrained).__name__}")
-    _encoder_of(pretrained), _encoder_of(finetuned)
+    device = pretrained.bert.embeddings.position_ids.device
+    if isinstance(finetuned, type):
+        with torch.random.fork_rng(devices=[]):   # the new head's random init leaves the stream as it was
+            finetuned = finetuned.from_encoder(pretrained.bert, **head_kwargs).to(device)
+    _encoder_of(finetuned)
     left = ["[CLS]", "A1", "[MASK]", "[SEP]", "B1", "B2", "[SEP]"]
     right = ["[CLS]", "A1", "A2", "[SEP]", "B1", "B2", "[SEP]"]
-    ids, types = _generic_input(left, pretrained.config.vocab_size, pretrained.bert.embeddings.position_ids.device)
+    ids, types = _generic_input(left, pretrained.config.vocab_size, device)
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, left.index("[MASK]")] = 0   # one masked position: the MLM head scores only there
     with eval_mode(pretrained), eval_mode(finetuned):
         pre = pretrained(ids, types, labels=labels)
-        fine = finetuned(ids.to(finetuned.bert.embeddings.position_ids.device), types.to(ids.device))
+        fine = finetuned(ids, types)
     old = _parameters_by_part(pretrained, ["bert", "cls.predictions", "cls.seq_relationship"])
     new = {part: n for part, n in _parameters_by_part(finetuned, ["bert"]).items() if part != "bert"}
     tied = pretrained.cls.predictions.decoder.weight is pretrained.bert.embeddings.word_embeddings.weight
@@ -412,8 +417,8 @@ def pretrain_finetune_diagram(pretrained, finetuned):
     xs = _encoder_over(ax, 4.15, 3.6, 0.35, right, f"the same encoder (bert)\ncopied: "
                        f"{finetuned.bert.num_parameters():,} parameters")
     on_cls = fine.logits.dim() == 2   # one row of logits per input: the head reads [CLS]
-    _box(ax, xs[0] + 0.85 if on_cls else 5.95, 2.65, 2.0 if on_cls else 3.6, 0.95, "new head, random init\n" + ", ".join(new) +
-         f"\n{sum(new.values()):,} parameters\n→ {_shape(fine.logits.shape)}", "new", fontsize=8)
+    head = f"new head, random init\n{', '.join(new)}\n{sum(new.values()):,} parameters\n→ {_shape(fine.logits.shape)}"
+    _box(ax, xs[0] + 0.85 if on_cls else 5.95, 2.65, 2.0 if on_cls else 3.6, 0.95, head, "new", fontsize=8)
     for x in xs[:1] if on_cls else xs:
         _arrow(ax, (x, 1.31), (x, 2.2), label="[CLS]" if on_cls else None)
     _arrow(ax, (3.78, 1.03), (4.12, 1.03))

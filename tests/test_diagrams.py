@@ -95,11 +95,12 @@ def test_input_shows_the_real_ids_segments_and_positions(minilm, tiny, tokenizer
     drawn = {}
     for name, model in (("minilm", minilm), ("tiny", tiny)):
         fig = diagrams.input_diagram(model, tokenizer, *PAIR)
-        assert texts(fig, "tokens") == enc.tokens
-        assert texts(fig, "input_ids") == [str(i) for i in enc.ids]
-        assert texts(fig, "token_type_ids") == [str(t) for t in enc.token_type_ids]
-        assert texts(fig, "position_ids") == [str(p) for p in range(len(enc.ids))]
+        rows = {gid: texts(fig, gid) for gid in ("tokens", "input_ids", "token_type_ids", "position_ids")}
         plt.close(fig)
+        assert rows["tokens"] == enc.tokens
+        assert rows["input_ids"] == [str(i) for i in enc.ids]
+        assert rows["token_type_ids"] == [str(t) for t in enc.token_type_ids]
+        assert rows["position_ids"] == [str(p) for p in range(len(enc.ids))]
         drawn[name] = draw(diagrams.input_diagram, model, tokenizer, *PAIR)
     assert enc.tokens[0] == "[CLS]" and enc.tokens.count("[SEP]") == 2 and set(enc.token_type_ids) == {0, 1}
     n, h = len(enc.ids), minilm.config.hidden_size
@@ -212,7 +213,7 @@ def test_pretrain_finetune_counts_and_shapes(minilm, tiny):
 
 def test_pretrain_finetune_token_and_span_heads(tiny):
     pre = pretraining_model(tiny)
-    tagger = draw(diagrams.pretrain_finetune_diagram, pre, BertForTokenClassification.from_encoder(pre.bert, 5))
+    tagger = draw(diagrams.pretrain_finetune_diagram, pre, BertForTokenClassification, num_labels=5)
     assert any("classifier\n125 parameters\n→ (1, 7, 5)" in t for t in tagger)
     qa = draw(diagrams.pretrain_finetune_diagram, pre, BertForQuestionAnswering.from_encoder(pre.bert))
     assert any("qa_outputs\n50 parameters\n→ (1, 7, 2)" in t for t in qa)
