@@ -95,7 +95,9 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
             if kind in ("[MASK]", "random", "kept"):
                 ax.text(x + (w - 0.4) / 2, y - 0.19, orig, ha="center", va="center", fontsize=6,
                         color=color, family="monospace", style="italic")
-    ax.set_xlim(-30, max_chars + 1)
+    # room on the left for the longest row label (bold 9 pt: about 1.5 box units a character)
+    left = max(30, 2 + 1.5 * max((len(label) for label, _ in lines), default=0))
+    ax.set_xlim(-left, max_chars + 1)
     ax.set_ylim(-len(lines) + 0.4, 0.6)
     ax.set_yticks([])
     ax.set_xticks([])
