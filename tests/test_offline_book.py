@@ -99,6 +99,8 @@ def test_what_the_check_calls_a_problem():
                                links=list(launch.values())),
         "no Binder launch button": shown(links=[launch["Colab"]]),
         "launch links": shown(links=list(launch.values()), notes=[{"html": viz.LAUNCH_LINKS, "links": []}]),
+        "needs a running kernel": shown(cells=[{"input": "explore()", "removed": False, "views": 0,
+                                                "widgets": 1, "notes": 0}], links=list(launch.values())),
     }
     for expected, page in cases.items():
         problems = check.check_shown("x.html", page, "<h1>x</h1>", launch)

@@ -9,7 +9,8 @@ request goes to a closed port, and DevTools puts the page offline. A page fails 
   file of the book that is not there, or throws a JavaScript error;
 * it has formulas and MathJax did not typeset every one (MathJax 3's ``mjx-container`` elements),
   or raw TeX (``$...$``, ``\\(...\\)``) is left in its text;
-* a bertviz view on it drew no SVG, or a cell calls ``head_view``/``model_view`` and shows no view;
+* a bertviz view on it drew no SVG, or a cell calls ``head_view``/``model_view`` and shows no view,
+  or an ipywidgets explorer does not say that it needs a running kernel;
 * it is a notebook and its launch buttons (Colab, Binder) do not point at that notebook on the
   repository named in ``_config.yml``, or a "needs a running kernel" note lacks those links;
 * Chromium cannot render it (no article body or title, no screenshot), its code draws figures that
@@ -50,6 +51,7 @@ CHROMIUM_FLAGS = [
 SKIP_BODY_CHECKS = {"genindex.html", "search.html"}   # Sphinx's own pages: no article to check
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 WIDTH, MAX_SHOT_HEIGHT = 1280, 4800
+REDIRECT = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.I)
 VIEW_CALL = re.compile(r"\b(head_view|model_view)\(")
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|(?<![\w$\\])\$[^$\s][^$\n]{0,200}?(?<!\s)\$(?![\w$])")
 
@@ -66,7 +68,9 @@ INSPECT_JS = r"""
   const cells = [...document.querySelectorAll("div.cell")].map(c => ({
     input: (c.querySelector(".cell_input") || {innerText: ""}).innerText,
     removed: c.classList.contains("tag_remove-output") || c.classList.contains("tag_remove-cell"),
-    views: c.querySelectorAll("div[id^='bertviz-']").length}));
+    views: c.querySelectorAll("div[id^='bertviz-']").length,
+    widgets: c.querySelectorAll("script[type='application/vnd.jupyter.widget-view+json']").length,
+    notes: c.querySelectorAll(".bertmini-kernel-note").length}));
   const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
   const notes = [...document.querySelectorAll(".bertmini-kernel-note")].map(n => ({
     html: n.innerHTML, links: [...n.querySelectorAll("a[href]")].map(a => a.href)}));
@@ -248,6 +252,9 @@ def check_shown(rel: str, shown: dict, html: str, launch: dict[str, str] | None)
         if VIEW_CALL.search(cell["input"]) and not cell["removed"] and not cell["views"]:
             problems.append(f"{rel}: a cell calls {VIEW_CALL.search(cell['input']).group(1)} "
                             "but shows no view")
+        if cell.get("widgets") and not cell.get("notes"):
+            problems.append(f"{rel}: an ipywidgets explorer without a 'needs a running kernel' note "
+                            "(display bertmini.viz.kernel_note() above the widget)")
     if launch is not None:
         for name, url in launch.items():
             if url not in shown["links"]:
@@ -330,6 +337,12 @@ def main(root="_build/html", *only: str) -> int:
                 "width": WIDTH, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session)
             for page in pages:
                 rel = page.relative_to(root).as_posix()
+                redirect = REDIRECT.search(page.read_text(encoding="utf-8", errors="replace"))
+                if redirect:   # Sphinx's index.html only forwards to the first chapter
+                    ok = (page.parent / redirect.group(1)).is_file()
+                    problems += [] if ok else [f"{rel}: redirects to a missing {redirect.group(1)}"]
+                    print(f"{'ok ' if ok else 'BAD'} {rel}: redirects to {redirect.group(1)}")
+                    continue
                 found = broken_links(root, page)
                 png = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
                 shown, outside, failures = visit(browser, session, page, png)
