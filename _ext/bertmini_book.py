@@ -53,7 +53,8 @@ def fill_launch_links(app, pagename, templatename, context, doctree):
 def drop_repeated_scripts(app, pagename, templatename, context, doctree):
     seen, kept = set(), []
     for script in context.get("script_files", []):
-        key = (repr(getattr(script, "filename", script)),
+        # an inline script's filename is None or "", depending on who added it
+        key = (str(getattr(script, "filename", script) or ""),
                tuple(sorted(getattr(script, "attributes", {}).items())))
         if key not in seen:
             seen.add(key)

@@ -359,7 +359,9 @@ def _offline_bertviz_html(html: str, root_id: str) -> str:
     body = body.replace("</", "<\\/")   # a token can never close the <script> early
     loader = _LOADER.replace("__CDN__", json.dumps(BERTVIZ_CDN)).replace("__STATIC__", BERTVIZ_STATIC)
     failed = _FAILED.replace("__ROOT__", root_id)
-    return (f"{markup.strip()}\n<script type=\"text/javascript\">{loader}"
+    # the model view is wider than the book's column: let the reader scroll it sideways
+    return (f'<div class="bertmini-attention-view" style="overflow-x: auto; max-width: 100%">\n'
+            f"{markup.strip()}\n</div>\n<script type=\"text/javascript\">{loader}"
             f"window.bertminiBertviz.ready.then(function () {{\n{body}\n}}, {failed});\n</script>\n")
 
 

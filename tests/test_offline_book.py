@@ -67,7 +67,7 @@ def test_a_script_added_twice_is_kept_once():
 
     thebe = _JavaScript(None, body="const THEBE_JS_URL = 1")
     context = {"script_files": [_JavaScript("a.js"), thebe, _JavaScript("b.js"),
-                                _JavaScript(None, body="const THEBE_JS_URL = 1")]}
+                                _JavaScript("", body="const THEBE_JS_URL = 1")]}
     book.drop_repeated_scripts(None, "a", "page.html", context, None)
     assert [str(s) for s in context["script_files"]] == [str(_JavaScript("a.js")), str(thebe),
                                                         str(_JavaScript("b.js"))]
@@ -100,13 +100,18 @@ def test_what_the_check_calls_a_problem():
         "no Binder launch button": shown(links=[launch["Colab"]]),
         "launch links": shown(links=list(launch.values()), notes=[{"html": viz.LAUNCH_LINKS, "links": []}]),
         "needs a running kernel": shown(cells=[{"input": "explore()", "removed": False, "views": 0,
-                                                "widgets": 1, "notes": 0}], links=list(launch.values())),
+                                                "explorers": 1, "notes": 0}], links=list(launch.values())),
     }
     for expected, page in cases.items():
         problems = check.check_shown("x.html", page, "<h1>x</h1>", launch)
         assert len(problems) == 1 and expected in problems[0], (expected, problems)
     hidden = shown(cells=[{"input": "viz.head_view(a, t)", "removed": True, "views": 0}])
     assert check.check_shown("x.html", hidden, "", None) == []   # remove-output: nothing to draw
+    unsaved = shown(cells=[{"input": "box = viz.masking_explorer(tok, s)", "removed": False, "views": 0,
+                            "explorers": 0, "notes": 0}])         # no widget state saved: its name says
+    assert "needs a running kernel" in check.check_shown("x.html", unsaved, "", None)[0]
+    progress = shown(cells=[{"input": "train(model)", "removed": False, "views": 0, "explorers": 0, "notes": 0}])
+    assert check.check_shown("x.html", progress, "", None) == []    # a progress bar is no explorer
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (make test installs it)")

@@ -53,6 +53,7 @@ LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 WIDTH, MAX_SHOT_HEIGHT = 1280, 4800
 REDIRECT = re.compile(r'<meta http-equiv="Refresh" content="0; url=([^"]+)"', re.I)
 VIEW_CALL = re.compile(r"\b(head_view|model_view)\(")
+EXPLORER_CALL = re.compile(r"\b\w+_explorer\(")   # viz's explorers, whether or not their state was saved
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|(?<![\w$\\])\$[^$\s][^$\n]{0,200}?(?<!\s)\$(?![\w$])")
 
 # Runs in the page once it has loaded: what it shows, as JSON.
@@ -65,11 +66,23 @@ INSPECT_JS = r"""
   const views = [...document.querySelectorAll("div[id^='bertviz-']")].map(d => ({
     id: d.id, shapes: d.querySelectorAll("svg rect, svg text, svg line, svg path").length,
     svg: d.querySelectorAll("svg").length}));
+  // An explorer is a widget with a control in it (a slider, a text box...); a progress bar is not.
+  const saved = document.querySelector("script[type='application/vnd.jupyter.widget-state+json']");
+  const state = saved ? (JSON.parse(saved.textContent).state || {}) : {};
+  const passive = /^(H|V)?BoxModel$|^(HTML|HTMLMath|Label|FloatProgress|IntProgress|Layout|Output)Model$|StyleModel$/;
+  const interactive = (id, seen) => {
+    const m = state[id];
+    if (!m || seen.has(id)) return false;
+    seen.add(id);
+    return !passive.test(m.model_name) || ((m.state || {}).children || [])
+        .some(k => interactive(String(k).replace("IPY_MODEL_", ""), seen));
+  };
   const cells = [...document.querySelectorAll("div.cell")].map(c => ({
     input: (c.querySelector(".cell_input") || {innerText: ""}).innerText,
     removed: c.classList.contains("tag_remove-output") || c.classList.contains("tag_remove-cell"),
     views: c.querySelectorAll("div[id^='bertviz-']").length,
-    widgets: c.querySelectorAll("script[type='application/vnd.jupyter.widget-view+json']").length,
+    explorers: [...c.querySelectorAll("script[type='application/vnd.jupyter.widget-view+json']")]
+        .filter(v => interactive(JSON.parse(v.textContent).model_id, new Set())).length,
     notes: c.querySelectorAll(".bertmini-kernel-note").length}));
   const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
   const notes = [...document.querySelectorAll(".bertmini-kernel-note")].map(n => ({
@@ -252,7 +265,8 @@ def check_shown(rel: str, shown: dict, html: str, launch: dict[str, str] | None)
         if VIEW_CALL.search(cell["input"]) and not cell["removed"] and not cell["views"]:
             problems.append(f"{rel}: a cell calls {VIEW_CALL.search(cell['input']).group(1)} "
                             "but shows no view")
-        if cell.get("widgets") and not cell.get("notes"):
+        explorer = cell.get("explorers") or EXPLORER_CALL.search(cell["input"])
+        if explorer and not cell["removed"] and not cell.get("notes"):
             problems.append(f"{rel}: an ipywidgets explorer without a 'needs a running kernel' note "
                             "(display bertmini.viz.kernel_note() above the widget)")
     if launch is not None:
