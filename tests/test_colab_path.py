@@ -68,6 +68,28 @@ def test_introduction_says_what_the_readme_says():
         f"  introduction: {intro}\n  README:       {readme_lines()}")
 
 
+@pytest.mark.parametrize("display", [False, True])
+def test_glue_without_myst_nb_writes_what_myst_nb_writes(monkeypatch, display):
+    """Colab has no myst-nb: ``runtime.glue`` must still run, and leave the same output."""
+    import IPython.display
+    import myst_nb.ext.glue
+    from bertmini import runtime
+
+    theirs, ours = [], []
+    monkeypatch.setattr(myst_nb.ext.glue, "ipy_display", lambda *a, **k: theirs.append((a, k)))
+    runtime.glue("share", torch_scalar(0.25), display=display)
+    monkeypatch.setitem(sys.modules, "myst_nb", None)          # as on Colab: the import fails
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: ours.append((a, k)))
+    assert runtime.glue("share", torch_scalar(0.25), display=display) == 0.25
+    assert ours == theirs and len(ours) == 1
+
+
+def torch_scalar(x: float):
+    import torch
+
+    return torch.tensor(x)
+
+
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     assert done.returncode == 0, f"{shlex.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
