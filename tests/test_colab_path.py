@@ -126,9 +126,14 @@ def execute(notebook: Path, python: Path, env: dict, workdir: Path) -> nbformat.
 
 
 def test_the_colab_lines_work_from_a_wheel(tmp_path):
-    wheels, venv, cache, work = (tmp_path / n for n in ("wheels", "venv", "cache", "work"))
+    src, wheels, venv, cache, work = (tmp_path / n for n in ("src", "wheels", "venv", "cache", "work"))
+    # built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds
+    src.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", src)
+    shutil.copy(ROOT / "README.md", src)
+    shutil.copytree(ROOT / "bertmini", src / "bertmini", ignore=shutil.ignore_patterns("__pycache__"))
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)])
+         "-w", str(wheels), str(src)])
     (wheel,) = wheels.glob("bertmini-*.whl")
     run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
