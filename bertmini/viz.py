@@ -330,8 +330,8 @@ class AttentionView:
     ``"model_view"``; ``layers`` the layers it shows, ``n_tokens`` the sequence length.
     """
 
-    def __init__(self, html: str, kind: str, layers: Sequence[int], n_tokens: int):
-        self.html, self.kind, self.layers, self.n_tokens = html, kind, list(layers), n_tokens
+    def __init__(self, page_html: str, kind: str, layers: Sequence[int], n_tokens: int):
+        self.html, self.kind, self.layers, self.n_tokens = page_html, kind, list(layers), n_tokens
 
     def _repr_html_(self) -> str:
         return self.html
@@ -341,11 +341,12 @@ class AttentionView:
                 "browser with JavaScript, plot_attention_heads draws the same statically>")
 
 
-def _offline_bertviz_html(html: str, root_id: str) -> str:
+def _offline_bertviz_html(raw: str) -> str:
     """Rewrite bertviz's ``html_action="return"`` HTML so its libraries load as ``_LOADER`` says."""
     tag = f'<script src="{BERTVIZ_CDN["require"]}"></script>'
-    match = re.fullmatch(r"(.*)<script type=\"text/javascript\">\n(.*)\n</script>\s*", html, re.S)
-    if html.count(tag) != 1 or match is None:
+    match = re.fullmatch(r"(.*)<script type=\"text/javascript\">\n(.*)\n</script>\s*", raw, re.S)
+    root = re.search(r'<div id="(bertviz-[0-9a-f]+)"', raw)
+    if raw.count(tag) != 1 or match is None or root is None:
         raise RuntimeError("bertviz's HTML is not laid out as bertmini expects (bertviz 1.4); "
                            "check bertmini.viz._offline_bertviz_html against the installed bertviz")
     markup, body = match.group(1).replace(tag, ""), match.group(2)
@@ -358,7 +359,7 @@ def _offline_bertviz_html(html: str, root_id: str) -> str:
     body = re.sub(r"; // HACK: [^\n]*", ";", body, count=1)
     body = body.replace("</", "<\\/")   # a token can never close the <script> early
     loader = _LOADER.replace("__CDN__", json.dumps(BERTVIZ_CDN)).replace("__STATIC__", BERTVIZ_STATIC)
-    failed = _FAILED.replace("__ROOT__", root_id)
+    failed = _FAILED.replace("__ROOT__", root.group(1))
     # the model view is wider than the book's column: let the reader scroll it sideways
     return (f'<div class="bertmini-attention-view" style="overflow-x: auto; max-width: 100%">\n'
             f"{markup.strip()}\n</div>\n<script type=\"text/javascript\">{loader}"
@@ -403,11 +404,9 @@ def head_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = 
     from bertviz import head_view as _head_view
 
     rounded, layers = _bertviz_inputs(attentions, tokens, layers, decimals)
-    html = _head_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
-                      heads=None if heads is None else list(heads),
-                      html_action="return").data
-    root_id = re.search(r'id="(bertviz-[0-9a-f]+)"', html).group(1)
-    return AttentionView(_offline_bertviz_html(html, root_id), "head_view", layers, len(tokens))
+    raw = _head_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
+                     heads=None if heads is None else list(heads), html_action="return").data
+    return AttentionView(_offline_bertviz_html(raw), "head_view", layers, len(tokens))
 
 
 def model_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = None, *,
@@ -422,8 +421,7 @@ def model_view(attentions, tokens: Sequence[str], sentence_b_start: int | None =
     from bertviz import model_view as _model_view
 
     rounded, layers = _bertviz_inputs(attentions, tokens, layers, decimals)
-    html = _model_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
-                       include_heads=None if heads is None else list(heads), display_mode="light",
-                       html_action="return").data
-    root_id = re.search(r'id="(bertviz-[0-9a-f]+)"', html).group(1)
-    return AttentionView(_offline_bertviz_html(html, root_id), "model_view", layers, len(tokens))
+    raw = _model_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
+                      include_heads=None if heads is None else list(heads), display_mode="light",
+                      html_action="return").data
+    return AttentionView(_offline_bertviz_html(raw), "model_view", layers, len(tokens))

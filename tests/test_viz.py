@@ -77,7 +77,7 @@ def test_bad_input_is_named(make):
 def test_a_changed_bertviz_is_caught():
     html = viz.head_view(attentions(), TOKENS).html
     with pytest.raises(RuntimeError, match="bertviz"):
-        viz._offline_bertviz_html("<div id='bertviz-0'></div><script>draw()</script>", "bertviz-0")
+        viz._offline_bertviz_html('<div id="bertviz-0"></div><script>draw()</script>')
     assert "cdnjs" in html   # the CDN stays as the fallback outside the book
 
 
