@@ -54,6 +54,11 @@ def test_readme_installs_from_the_configured_repository():
     assert match.group(1).rstrip("/") == repository_url(), (
         f"the README installs from {match.group(1)}, but _config.yml names {repository_url()}: "
         "the repository is named once, in _config.yml; copy it from there")
+    # the git URL, and Colab's address of a notebook (colab.research.google.com/github/ORG/REPO/...)
+    named = set(re.findall(r"(?:github\.com|google\.com/github)/([\w-]+/[\w.-]+?)(?=/|\.git|[\"`\s])",
+                           README.read_text()))
+    assert named == {repository_url().split("github.com/")[1]}, (
+        f"README.md names the repositories {sorted(named)}; _config.yml names {repository_url()}")
 
 
 # TODO(lead): remove this mark once chapters/00_introduction.ipynb's Colab cell gives the README's
