@@ -47,7 +47,7 @@ def fill_launch_links(app, pagename, templatename, context, doctree):
     urls = launch_urls(context.get("header_buttons"))
     links = " or ".join(f'<a class="reference external" href="{html.escape(url)}">{name}</a>'
                         for name, url in urls.items() if name in ("Colab", "Binder"))
-    context["body"] = body.replace(LAUNCH_LINKS, f" (this page: {links})" if links else "")
+    context["body"] = body.replace(LAUNCH_LINKS, f"; this page on {links}" if links else "")
 
 
 def drop_repeated_scripts(app, pagename, templatename, context, doctree):

@@ -33,9 +33,9 @@ class KernelNote:
         return ('<div class="admonition note bertmini-kernel-note">'
                 '<p class="admonition-title">Needs a running kernel</p>'
                 f"<p>{html.escape(self.what)} redraws only while Python runs behind the page: run this "
-                "notebook in Jupyter, or open it on Colab or Binder with the launch button (the "
-                f"rocket at the top of the book's page){LAUNCH_LINKS}. Without a kernel, as on the "
-                "web page, the static figure after it shows the same thing.</p></div>")
+                "notebook in Jupyter, or launch it on Colab or Binder (the rocket button at the top "
+                f"of the book's page{LAUNCH_LINKS}). Without a kernel, as on the web page, the static "
+                "figure after it shows the same thing.</p></div>")
 
     def __repr__(self) -> str:
         return (f"{self.what} needs a running kernel (Jupyter, Colab or Binder); without one, "
