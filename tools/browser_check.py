@@ -303,8 +303,8 @@ def visit(browser: Chromium, session: str, page: Path, png: Path) -> tuple[dict,
         return {}, [], ["the page did not finish loading in 60 s"]
     browser.evaluate(session, SETTLE_JS, timeout=60)
     shown = json.loads(browser.evaluate(session, INSPECT_JS))
-    shot = browser.send("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
+    shot = browser.send("Page.captureScreenshot", {   # the viewport is as tall as a screenshot
+        "format": "png", "captureBeyondViewport": False,
         "clip": {"x": 0, "y": 0, "width": WIDTH, "height": max(shown["height"], 600), "scale": 1}}, session)
     png.write_bytes(base64.b64decode(shot["data"]))
     outside, failures = [], []
@@ -348,7 +348,7 @@ def main(root="_build/html", *only: str) -> int:
             browser.send("Network.emulateNetworkConditions", {
                 "offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}, session)
             browser.send("Emulation.setDeviceMetricsOverride", {
-                "width": WIDTH, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session)
+                "width": WIDTH, "height": MAX_SHOT_HEIGHT, "deviceScaleFactor": 1, "mobile": False}, session)
             for page in pages:
                 rel = page.relative_to(root).as_posix()
                 redirect = REDIRECT.search(page.read_text(encoding="utf-8", errors="replace"))
