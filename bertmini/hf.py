@@ -222,7 +222,6 @@ def export(model: nn.Module, tokenizer, directory: str | os.PathLike, labels: Se
 
 def _check_export(model: nn.Module, tokenizer, labels, name: str) -> None:
     from .finetuning import _check_label_names, _check_texts
-    from .tokenization import BertTokenizer
 
     if MODELS[name][1] != "BertConfig":
         raise TypeError(f"export writes BERT's classes ({', '.join(PIPELINE_TAGS)}), got a {name}")

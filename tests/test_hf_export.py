@@ -244,6 +244,11 @@ def test_export_refuses_bad_input(tok, tmp_path):
         hf.export(model, transformers.AutoTokenizer.from_pretrained(str(data.minilm_path())), tmp_path)
     with pytest.raises(TypeError, match="to_hf takes a bertmini"):
         hf.export(torch.nn.Linear(2, 2), tok, tmp_path)
+    from bertmini.variants.roberta import RobertaConfig, RobertaModel
+    roberta = RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=8))
+    with pytest.raises(TypeError, match="export writes BERT's classes .*got a RobertaModel"):
+        hf.export(roberta, tok, tmp_path)
     with pytest.raises(ValueError, match="not a data card"):
         hf.export(model, tok, tmp_path, data="imdb")
     assert list(tmp_path.iterdir()) == []  # nothing was written
