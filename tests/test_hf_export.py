@@ -278,6 +278,11 @@ def test_load_names_a_directory_that_is_not_a_bert(tok, tmp_path):
     transformers.RobertaForMaskedLM(roberta).save_pretrained(tmp_path / "roberta")
     with pytest.raises(ValueError, match="holds a RobertaForMaskedLM .model_type='roberta'., not a BERT"):
         hf.load(tmp_path / "roberta")
+    (tmp_path / "gpt2").mkdir()  # no architectures: a BertModel, were it a BERT at all
+    (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "gpt2" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds a BertModel .model_type='gpt2'., not a BERT"):
+        hf.load(tmp_path / "gpt2")
     transformers.BertForNextSentencePrediction(tiny(tok).to_hf()).save_pretrained(tmp_path / "nsp")
     with pytest.raises(ValueError, match="holds a BertForNextSentencePrediction"):
         hf.load(tmp_path / "nsp")
