@@ -150,23 +150,38 @@ def squad_scores(predictions: Sequence[str], references: Sequence[str | Sequence
 
 
 # ------------------------------------------------------------------ how sure is a score?
-def bootstrap_interval(score: Callable[..., float], *columns: Sequence, resamples: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """A percentile bootstrap interval for ``score(*columns)``, a score on a test set.
+def bootstrap_interval(score: Callable[..., float], *columns: Sequence,
+                       resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for ``score(*columns)`` on a test set.
 
-    Each column holds one entry per test example (predictions, references, a score per
-    example). The test set is drawn again ``resamples`` times, with replacement and as
-    large as before, and ``score`` recomputed on each draw; the interval is the
-    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those scores. Every column
-    is indexed by the *same* draw, so the difference of two models' scores is resampled
-    in pairs, example by example::
+    Each column holds one entry per test example (predictions, references,
+    a score per example). The test set is drawn again ``resamples`` times,
+    with replacement and as large as before, and ``score`` recomputed on each
+    draw; the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles of those scores. Every column is indexed by the *same* draw,
+    so two models' scores are resampled in pairs, example by example::
 
         diff = lambda a, b, gold: accuracy(a, gold) - accuracy(b, gold)
-        low, high = bootstrap_interval(diff, preds_a, preds_b, gold)   # 0 inside: a tie
+        low, high = bootstrap_interval(diff, preds_a, preds_b, gold)
 
-    It says how much the score would move on another test set of the same size from the
-    same source; not how much it moves between training runs (seeds), which takes runs.
+    It says how much the score would move on another test set of the same
+    size from the same source; not how much it moves from one training run
+    (seed) to another, which takes more runs.
     """
+    n = _check_bootstrap(columns, resamples, level)
+    rng = random.Random(seed)
+    scores = []
+    for _ in range(resamples):
+        draw = rng.choices(range(n), k=n)  # n example indices, with replacement
+        scores.append(score(*([col[i] for i in draw] for col in columns)))
+    scores.sort()
+    low, high = (1 - level) / 2, (1 + level) / 2
+    return _quantile(scores, low), _quantile(scores, high)
+
+
+def _check_bootstrap(columns: Sequence[Sequence], resamples: int, level: float) -> int:
+    """The number of test examples, after checking the arguments of :func:`bootstrap_interval`."""
     if not columns:
         raise ValueError("bootstrap_interval: no columns; pass the per-example lists score() reads")
     n = len(columns[0])
@@ -179,13 +194,7 @@ def bootstrap_interval(score: Callable[..., float], *columns: Sequence, resample
         raise ValueError(f"bootstrap_interval: level={level!r}; use a fraction such as 0.95")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"bootstrap_interval: resamples={resamples!r}; use a positive int such as 1000")
-    rng = random.Random(seed)
-    scores = []
-    for _ in range(resamples):
-        draw = rng.choices(range(n), k=n)
-        scores.append(score(*([c[i] for i in draw] for c in columns)))
-    scores.sort()
-    return _quantile(scores, (1 - level) / 2), _quantile(scores, (1 + level) / 2)
+    return n
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
