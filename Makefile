@@ -30,7 +30,8 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 # natively, else fp32; fp16 on a GPU without bf16), fp32, bf16 or fp16. `make test-fp32` forces
 # fp32, the path of most laptops, on any machine.
 BERTMINI_AMP ?= auto
-TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP)
+TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP) \
+  TORCH_SPEC='$(TORCH_SPEC)'
 # The cell limit leaves room for chapter 4's pretraining on a slow or busy machine (7 to 10 min on
 # 2 idle cores, on either numeric path; a cell cut off there resumes from its checkpoints when rerun).
 NBVAL := --nbval-lax --nbval-cell-timeout=2400 --sanitize-with tests/sanitize.cfg
@@ -62,7 +63,7 @@ test-fp32:
 # Record what the training chapters' claims read, on the fp32 path (tests/test_claims.py checks
 # the chapters' asserts on these values; see CONTRIBUTING.md).
 CLAIM_CHAPTERS := 04_pretraining 05a_classification 05b_sentence_pairs 05c_token_classification 05d_question_answering \
-  06a_variants
+  06a_variants 06d_transformers
 claim-fixtures: venv
 	for nb in $(CLAIM_CHAPTERS); do \
 	  BERTMINI_CACHE=$(CURDIR)/_build/claims-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=fp32 \

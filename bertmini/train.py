@@ -239,10 +239,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> t
 def linear_warmup_decay(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The BERT schedule: the lr rises linearly from 0 over ``warmup_steps``, then falls
-    linearly to 0 at ``total_steps``. Same factors as ``transformers.get_linear_schedule_with_warmup``."""
+    """The BERT schedule: the lr rises linearly from 0 over ``warmup_steps``,
+    then falls linearly to 0 at ``total_steps``. Same factors as
+    ``transformers.get_linear_schedule_with_warmup``."""
     if total_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps} and {warmup_steps}")
+        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, "
+                         f"got {total_steps} and {warmup_steps}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
