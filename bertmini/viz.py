@@ -115,8 +115,10 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
             cur.append((shown, orig, kind, width, w))
             width += w
         lines.append((label if first else "", cur))
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(12, 0.5 * len(lines) + 1.3))
+    # room on the left for the longest row label (bold 9 pt: about 1.5 box units a character)
+    left = max(30, 2 + 1.5 * max((len(label) for label, _ in lines), default=0))
+    if ax is None:   # about 0.075 inch a box unit, so the text keeps its size at any max_chars
+        fig, ax = plt.subplots(figsize=(0.075 * (left + max_chars + 1), 0.5 * len(lines) + 1.3))
     for li, (label, toks) in enumerate(lines):
         y = -li
         ax.text(-1, y, label, ha="right", va="center", fontsize=9, fontweight="bold")
@@ -129,7 +131,7 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
             if kind in ("[MASK]", "random", "kept"):
                 ax.text(x + (w - 0.4) / 2, y - 0.19, orig, ha="center", va="center", fontsize=6,
                         color=color, family="monospace", style="italic")
-    ax.set_xlim(-30, max_chars + 1)
+    ax.set_xlim(-left, max_chars + 1)
     ax.set_ylim(-len(lines) + 0.4, 0.6)
     ax.set_yticks([])
     ax.set_xticks([])
@@ -138,19 +140,25 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
     ax.set_xlabel("position in the sequence (boxes; small italic text = the label the model must predict)")
     ax.set_ylabel("setting")
     ax.set_title(title, pad=22)
-    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in MASK_KINDS],
+    # the legend names only what the figure shows (a short sentence may have no random token)
+    present = {kind for _, r in rows for kind in r["kinds"]}
+    kinds = [k for k in MASK_KINDS if k in present]
+    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in kinds],
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
 
 
-def plot_masking_grid(tokenizer, text: str, settings: Sequence[dict], title: str | None = None):
-    """The explorer's static twin: one row per setting (``dict(mlm_probability=, seed=, whole_word=)``)."""
+def plot_masking_grid(tokenizer, text: str, settings: Sequence[dict], title: str | None = None,
+                      max_chars: int = 125):
+    """The explorer's static twin: one row per setting (``dict(mlm_probability=, seed=, whole_word=)``);
+    rows wrap after ``max_chars`` characters (a smaller value draws a narrower figure)."""
     rows = []
     for s in settings:
         p, seed, ww = s.get("mlm_probability", 0.15), s.get("seed", 0), s.get("whole_word", False)
         label = f"p={p:.2f} seed={seed}" + (" whole-word" if ww else "")
         rows.append((label, mask_sentence(tokenizer, text, p, seed, ww)))
-    return plot_masked_rows(rows, title=title or "One sentence, masked under different settings")
+    return plot_masked_rows(rows, title=title or "One sentence, masked under different settings",
+                            max_chars=max_chars)
 
 
 def masking_explorer(tokenizer, text: str, mlm_probability: float = 0.15, seed: int = 0,
