@@ -61,10 +61,6 @@ def test_readme_installs_from_the_configured_repository():
         f"README.md names the repositories {sorted(named)}; _config.yml names {repository_url()}")
 
 
-# TODO(lead): remove this mark once chapters/00_introduction.ipynb's Colab cell gives the README's
-# two lines verbatim (its pip line says "git+<repository URL>" today).
-@pytest.mark.xfail(reason="the introduction's Colab cell is being rewritten on another branch (issue 15); "
-                          "align it with the README, then remove this mark", strict=True)
 def test_introduction_says_what_the_readme_says():
     nb = nbformat.read(INTRODUCTION, as_version=4)
     intro = [line for cell in nb.cells for line in colab_lines(cell.source)]
