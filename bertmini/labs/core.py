@@ -42,7 +42,7 @@ class Check:
             raise  # not written yet: the learner sees the lab's own message
         except Exception as error:
             got = f"your function raised {type(error).__name__}: {error}"
-            raise LabCheckError(self.message(self.cases + 1, case, "a result", got,
+            raise LabCheckError(self.message(self.cases + 1, case, "a return value", got,
                                              hint or self.generic_hint())) from error
 
     def expect(self, ok, case: str, expected: str, got: str, hint: str) -> None:
@@ -57,22 +57,20 @@ class Check:
                 f"  got:      {got}\n  hint:     {hint}")
 
     def generic_hint(self) -> str:
-        return "run your function on this case by hand and compare with the expected value"
+        return ("the traceback above this message ends at the line of your function that failed; "
+                "run your function on this case by hand to see why")
 
     def passed(self, detail: str = "") -> None:
         print(f"{self.name}: {self.cases:,} cases passed" + (f" ({detail})" if detail else ""))
 
 
 def show(x, limit: int = 240) -> str:
-    """A short printable form of a value: tensors with their shape and (the first) values."""
+    """A short printable form of a value: tensors with their shape, dtype and first values."""
     if isinstance(x, torch.Tensor):
-        values = x.detach().cpu()
-        if values.is_floating_point():
-            values = values.float().round(decimals=4)
-        text = str(values.flatten()[:16].tolist())
-        if values.numel() > 16:
-            text = text[:-1] + ", ...]"
-        return f"tensor of shape {tuple(x.shape)}, dtype {str(x.dtype).replace('torch.', '')}: {text}"
+        values = x.detach().cpu().flatten()[:10].tolist()
+        text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
+        more = ", ..." if x.numel() > 10 else ""
+        return f"tensor of shape {tuple(x.shape)}, {str(x.dtype).replace('torch.', '')}: [{text}{more}]"
     text = repr(x)
     return text if len(text) <= limit else text[:limit] + "..."
 

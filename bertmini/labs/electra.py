@@ -98,12 +98,12 @@ def check_replaced_labels(fn: Callable) -> None:
     ids = torch.tensor([[2, 7, M, 9, M, 8, 3, 0]])
     labels = torch.tensor([[-100, -100, 6, -100, 10, 8, -100, -100]])
     corrupted = torch.tensor([[2, 7, 6, 9, 11, 5, 3, 0]])
-    cases = [("a [MASK] sampled back to its original, one sampled to another token, a kept token replaced",
-              ids, labels, corrupted, torch.tensor([[0, 0, 0, 0, 1, 1, 0, 0]]))]
     kept = corrupted.clone()
     kept[0, 5] = 8
-    cases.append(("a kept (not [MASK]ed) position whose sample is the original", ids, labels, kept,
-                  torch.tensor([[0, 0, 0, 0, 1, 0, 0, 0]])))
+    cases = [("a kept (not [MASK]ed) position whose sample is the original", ids, labels, kept,
+              torch.tensor([[0, 0, 0, 0, 1, 0, 0, 0]])),
+             ("a [MASK] sampled back to its original, one sampled to another token, a kept token replaced",
+              ids, labels, corrupted, torch.tensor([[0, 0, 0, 0, 1, 1, 0, 0]]))]
     for seed in range(6):
         pair, inputs, masked = _electra_pair(seed)
         with torch.no_grad():

@@ -153,12 +153,10 @@ def _count_masking(counts, randoms, ids, special, inputs, labels, mask_id) -> No
 def _check_rates(check: Check, c: dict, randoms, vocab_size: int) -> None:
     __tracebackhide__ = True
     where = f"24 batches at mlm_probability=0.15 ({c['eligible']:,} eligible tokens, {c['selected']:,} selected)"
+    split = ("of the selected positions 80% become [MASK], 10% a random id, 10% keep their token: draw ONE "
+             "uniform number u per position; u < 0.8 -> [MASK], 0.8 <= u < 0.9 -> random id, else keep")
     for key, p, hint in (("selected", 0.15, "select each eligible position with probability mlm_probability"),
-                         ("masked", 0.8, "80% of the selected positions become [MASK]"),
-                         ("random", 0.1, "10% of the selected positions get a random id (not [MASK], "
-                                         "usually not the original)"),
-                         ("kept", 0.1, "10% of the selected positions keep their token: draw ONE uniform number "
-                                       "per position, u < 0.8 -> [MASK], 0.8 <= u < 0.9 -> random, else keep")):
+                         ("masked", 0.8, split), ("random", 0.1, split), ("kept", 0.1, split)):
         n = c["eligible"] if key == "selected" else c["selected"]
         of = "eligible tokens" if key == "selected" else "selected tokens"
         check.expect(rate_ok(c[key], n, p), where, f"{key}: about {p:.0%} of the {of}",

@@ -155,7 +155,9 @@ def _pair_key(pair):
 def _check_nsp_run(check: Check, what, docs, where, is_next, not_next) -> tuple[int, set]:
     __tracebackhide__ = True
     before = copy.deepcopy(docs)
-    pairs = check.call(what, docs, random.Random(0))
+    pairs = check.call(what, docs, random.Random(0), hint="some articles are empty or hold one sentence: take "
+                       "the other article among those with at least one sentence, and pair only sentences that "
+                       "have a next one")
     check.expect(docs == before, what, "docs unchanged", "docs was modified",
                  "build new lists for the pairs; do not pop or shuffle the articles")
     check.expect(isinstance(pairs, Sequence), what, "a list of (a, b, label)", show(pairs), "return a list")
