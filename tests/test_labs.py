@@ -2,6 +2,7 @@
 fail with a message that names the case, the expected value, what came back and the right hint."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -31,23 +32,9 @@ def score_logs(c_ab, c_a, c_b):
     return math.exp(math.log(c_ab) - math.log(c_a) - math.log(c_b))
 
 
-def wordpiece_for_else(word, vocab):
-    if len(word) > 100:
-        return ["[UNK]"]
-    pieces, start = [], 0
-    while start < len(word):
-        for end in range(len(word), start, -1):
-            piece = word[start:end] if start == 0 else "##" + word[start:end]
-            if piece in vocab:
-                pieces.append(piece)
-                break
-        else:
-            return ["[UNK]"]
-        start = end
-    return pieces
-
-
-def wordpiece_recursive(word, vocab, first=True):
+def wordpiece_recursive(word, vocab, first=True, backtrack=False):
+    """Another shape of the same search; ``backtrack=True`` is the usual mistake: when the rest of the
+    word cannot be covered, it tries a shorter first piece, as a linguist might."""
     if len(word) > 100:
         return ["[UNK]"]
     if not word:
@@ -55,8 +42,11 @@ def wordpiece_recursive(word, vocab, first=True):
     for end in range(len(word), 0, -1):
         piece = word[:end] if first else "##" + word[:end]
         if piece in vocab:
-            rest = wordpiece_recursive(word[end:], vocab, first=False)
-            return ["[UNK]"] if rest == ["[UNK]"] else [piece] + rest
+            rest = wordpiece_recursive(word[end:], vocab, False, backtrack)
+            if rest != ["[UNK]"]:
+                return [piece] + rest
+            if not backtrack:
+                return ["[UNK]"]
     return ["[UNK]"]
 
 
@@ -78,54 +68,30 @@ def wordpiece_scan_up(word, vocab):
     return out
 
 
-def wordpiece_shortest_first(word, vocab):
-    out, start = [], 0
-    while start < len(word):
-        for end in range(start + 1, len(word) + 1):
-            piece = word[start:end] if start == 0 else "##" + word[start:end]
-            if piece in vocab:
-                out.append(piece)
-                break
-        else:
+def wordpiece_mistake(longest=True, hashes=True, partial_unk=False, limit=True):
+    """The greedy loop with one usual mistake switched on."""
+    def fn(word, vocab):
+        if limit and len(word) > 100:
             return ["[UNK]"]
-        start = end
-    return out
+        out, start = [], 0
+        while start < len(word):
+            ends = range(len(word), start, -1) if longest else range(start + 1, len(word) + 1)
+            for end in ends:
+                piece = word[start:end] if start == 0 or not hashes else "##" + word[start:end]
+                if piece in vocab:
+                    out.append(piece)
+                    break
+            else:
+                if not partial_unk:
+                    return ["[UNK]"]
+                out.append("[UNK]")
+                end = start + 1
+            start = end
+        return out
+    return fn
 
 
-def wordpiece_no_hashes(word, vocab):
-    out, start = [], 0
-    while start < len(word):
-        for end in range(len(word), start, -1):
-            if word[start:end] in vocab:
-                out.append(word[start:end])
-                break
-        else:
-            return ["[UNK]"]
-        start = end
-    return out
-
-
-def wordpiece_partial_unk(word, vocab):
-    out, start = [], 0
-    while start < len(word):
-        for end in range(len(word), start, -1):
-            piece = word[start:end] if start == 0 else "##" + word[start:end]
-            if piece in vocab:
-                out.append(piece)
-                break
-        else:
-            out.append("[UNK]")
-            end = start + 1
-        start = end
-    return out
-
-
-def wordpiece_no_length_limit(word, vocab):
-    return wordpiece_for_else(word[:100], vocab) if len(word) > 100 and False else _greedy(word, vocab)
-
-
-def _greedy(word, vocab):
-    return wordpiece_for_else(word, vocab) if len(word) <= 100 else wordpiece_for_else("x", vocab) * 101
+wordpiece_for_else = wordpiece_mistake()  # no mistake switched on: BERT's loop, with for ... else
 
 
 def wordpiece_ids(word, vocab):
@@ -157,10 +123,10 @@ def test_wordpiece_accepts(fn, capsys):
 
 
 @pytest.mark.parametrize("fn, hint", [
-    (wordpiece_shortest_first, "LONGEST"),
-    (wordpiece_no_hashes, "WITH the '##' prefix"),
-    (wordpiece_partial_unk, "ONE ['[UNK]']"),
-    (_greedy, "longer than 100"),
+    (wordpiece_mistake(longest=False), "LONGEST"),
+    (wordpiece_mistake(hashes=False), "WITH the '##' prefix"),
+    (wordpiece_mistake(partial_unk=True), "ONE ['[UNK]']"),
+    (wordpiece_mistake(limit=False), "longer than 100"),
     (wordpiece_ids, "list of piece strings"),
 ])
 def test_wordpiece_rejects(fn, hint):
@@ -168,17 +134,7 @@ def test_wordpiece_rejects(fn, hint):
 
 
 def test_wordpiece_backtracking_is_named():
-    def backtracking(word, vocab, first=True):  # finds any cover, as a linguist might
-        if len(word) > 100:
-            return ["[UNK]"]
-        if not word:
-            return []
-        for end in range(len(word), 0, -1):
-            piece = word[:end] if first else "##" + word[:end]
-            rest = backtracking(word[end:], vocab, False) if piece in vocab else ["[UNK]"]
-            if "[UNK]" not in rest:
-                return [piece] + rest
-        return ["[UNK]"]
+    backtracking = functools.partial(wordpiece_recursive, backtrack=True)
     expect_failure(labs.check_wordpiece, backtracking, "does not backtrack")
 
 

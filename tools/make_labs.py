@@ -18,7 +18,9 @@ A block outside a function, without a ``### HINT:`` line, or not closed is an er
 notebook, the cell and the line.
 
 Usage: ``python tools/make_labs.py [--out _build/labs] [labs/01_wordpiece.ipynb ...]``
-(default: every ``labs/*.ipynb``). ``make labs`` runs it.
+(default: every ``labs/*.ipynb``). ``make labs`` runs it. With ``--nbgrader`` the solutions stay and
+only the hidden checks go: a source folder for ``nbgrader generate_assignment``, which writes its own
+stubs from the same markers.
 """
 from __future__ import annotations
 
@@ -99,14 +101,15 @@ def student_source(source: str, where: str) -> str:
     return "\n".join(lines)
 
 
-def student_notebook(nb, name: str = "lab"):
-    """A copy of the instructor's notebook for students: stubs for solutions, no outputs, no hidden checks."""
+def student_notebook(nb, name: str = "lab", solutions: bool = False):
+    """A copy of the instructor's notebook for students: stubs for solutions, no outputs, no hidden checks.
+    ``solutions=True`` keeps the solutions (a source for nbgrader, which makes its own stubs)."""
     nb = copy.deepcopy(nb)
     nb.cells = [c for c in nb.cells if "remove-input" not in c.metadata.get("tags", [])]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        new = student_source(cell.source, f"{name}, cell {i}")
+        new = cell.source if solutions else student_source(cell.source, f"{name}, cell {i}")
         if new != cell.source:
             cell.source = new
             tags = [t for t in cell.metadata.get("tags", []) if t != "hide-input"]
@@ -121,17 +124,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("labs", nargs="*", type=Path, help="instructor labs (default: labs/*.ipynb)")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "labs", help="where the student labs go")
+    parser.add_argument("--nbgrader", action="store_true",
+                        help="keep the solutions, drop only the book's hidden checks: a source folder for nbgrader")
     args = parser.parse_args(argv)
     paths = args.labs or sorted((ROOT / "labs").glob("*.ipynb"))
     args.out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         try:
-            nb = student_notebook(nbformat.read(path, as_version=4), path.name)
+            nb = student_notebook(nbformat.read(path, as_version=4), path.name, solutions=args.nbgrader)
         except LabSourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         nbformat.write(nb, args.out / path.name)
-        print(f"{path.name}: student version in {args.out / path.name}")
+        print(f"{path.name}: {'nbgrader source' if args.nbgrader else 'student version'} in {args.out / path.name}")
     return 0
 
 
