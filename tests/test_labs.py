@@ -102,7 +102,7 @@ def wordpiece_ids(word, vocab):
                                                                                                dtype=torch.float64)])
 def test_merge_score_accepts(fn, capsys):
     labs.check_merge_score(fn)
-    assert "check_merge_score: " in capsys.readouterr().out
+    assert "check_merge_score: " in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -119,7 +119,7 @@ def test_merge_score_rejects(fn, hint):
 @pytest.mark.parametrize("fn", [wordpiece_for_else, wordpiece_recursive, wordpiece_scan_up])
 def test_wordpiece_accepts(fn, capsys):
     labs.check_wordpiece(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -188,7 +188,7 @@ def mask_like_transformers(input_ids, *, mask_token_id, vocab_size, special_toke
 @pytest.mark.parametrize("fn", [select_rand, select_bernoulli, select_exact_share])
 def test_selection_accepts(fn, capsys):
     labs.check_selection(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -204,7 +204,7 @@ def test_selection_rejects(fn, hint):
 @pytest.mark.parametrize("fn", [mask_two_uniforms, mask_like_transformers, mask_tokens])
 def test_mask_tokens_accepts(fn, capsys):
     labs.check_mask_tokens(fn)
-    out = capsys.readouterr().out
+    out = printed(capsys)
     assert "cases passed" in out and "transformers' collator" in out
 
 
@@ -276,7 +276,7 @@ def attention_fused(q, k, v, mask=None):
                                 lambda q, k, v, mask=None: scaled_dot_product_attention(q, k, v, mask)])
 def test_attention_accepts(fn, capsys):
     labs.check_attention(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 def attention_bad(scale=True, dim=-1, use_mask=True, in_place=False):
@@ -338,7 +338,7 @@ def layer_by_module(x, weights, num_heads, mask=None):
 @pytest.mark.parametrize("fn", [layer_functional, layer_by_module])
 def test_encoder_layer_accepts(fn, capsys):
     labs.check_encoder_layer(fn)
-    assert "MiniLM's six layers equal transformers' BertLayer" in capsys.readouterr().out
+    assert "MiniLM's six layers equal transformers' BertLayer" in printed(capsys)
 
 
 @pytest.mark.parametrize("change, hint", [
@@ -380,7 +380,7 @@ def mlm_by_hand(sequence_output, labels, predictions):
 @pytest.mark.parametrize("fn", [mlm_gathered, mlm_dense, mlm_by_hand])
 def test_mlm_loss_accepts(fn, capsys):
     labs.check_mlm_loss(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -426,7 +426,7 @@ def nsp_pick_sentence(docs, rng):
 @pytest.mark.parametrize("fn", [nsp_pick_article, nsp_pick_sentence])
 def test_nsp_pairs_accepts(fn, capsys):
     labs.check_nsp_pairs(fn)
-    assert "NotNext" in capsys.readouterr().out
+    assert "NotNext" in printed(capsys)
 
 
 def nsp_any_article(docs, rng):
@@ -486,7 +486,7 @@ def align_comprehension(word_ids, word_labels):
 @pytest.mark.parametrize("fn", [align_loop, align_comprehension, align_labels])
 def test_align_labels_accepts(fn, capsys):
     labs.check_align_labels(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -523,7 +523,7 @@ def span_matrix(start, end, allowed, max_len):
 @pytest.mark.parametrize("fn", [span_loops, span_matrix, best_span])
 def test_best_span_accepts(fn, capsys):
     labs.check_best_span(fn)
-    assert "transformers' span decoder picks the same span" in capsys.readouterr().out
+    assert "transformers' span decoder picks the same span" in printed(capsys)
 
 
 def span_separately(start, end, allowed, max_len):
@@ -570,7 +570,7 @@ def sample_categorical(input_ids, labels, generator_logits):
 @pytest.mark.parametrize("fn", [sample_multinomial, sample_gumbel, sample_categorical])
 def test_generator_sample_accepts(fn, capsys):
     labs.check_generator_sample(fn)
-    assert "sampled shares" in capsys.readouterr().out
+    assert "sampled shares" in printed(capsys)
 
 
 def sample_in_place(input_ids, labels, generator_logits):
@@ -605,7 +605,7 @@ def replaced_cases(input_ids, labels, corrupted_ids):
 @pytest.mark.parametrize("fn", [replaced_where, replaced_cases])
 def test_replaced_labels_accepts(fn, capsys):
     labs.check_replaced_labels(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -630,7 +630,7 @@ def disc_weighted(logits, labels, attention_mask):
 @pytest.mark.parametrize("fn", [disc_masked, disc_weighted])
 def test_discriminator_loss_accepts(fn, capsys):
     labs.check_discriminator_loss(fn)
-    assert "cases passed" in capsys.readouterr().out
+    assert "cases passed" in printed(capsys)
 
 
 @pytest.mark.parametrize("fn, hint", [
@@ -663,6 +663,11 @@ def test_not_written_yet_passes_through(checker):
 def test_a_called_function_is_refused_with_the_fix(checker):
     with pytest.raises(TypeError, match="drop the parentheses"):
         checker([1, 2, 3])
+
+
+def printed(capsys) -> str:
+    """What the checker printed, lines joined (its detail wraps to fit the page)."""
+    return " ".join(capsys.readouterr().out.split())
 
 
 def expect_failure(checker, fn, hint: str) -> None:

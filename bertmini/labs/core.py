@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import textwrap
 from collections.abc import Callable, Mapping
 
 import torch
@@ -61,7 +62,10 @@ class Check:
                 "run your function on this case by hand to see why")
 
     def passed(self, detail: str = "") -> None:
-        print(f"{self.name}: {self.cases:,} cases passed" + (f" ({detail})" if detail else ""))
+        """One line, and the detail under it in lines that fit the page."""
+        print(f"{self.name}: {self.cases:,} cases passed")
+        if detail:
+            print(textwrap.fill(detail, 80, initial_indent="  ", subsequent_indent="  "))
 
 
 def show(x, limit: int = 240) -> str:
