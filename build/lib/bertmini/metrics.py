@@ -1,0 +1,146 @@
+"""Metrics for chapter 5, written out rather than imported: what they count is the lesson.
+
+* classification: :func:`accuracy` and :func:`macro_f1` (the unweighted mean of
+  per-class F1, so a rare class counts as much as a common one);
+* named entities: :func:`bio_entities` reads the entities out of a BIO tag sequence
+  the way conlleval does, :func:`entity_scores` counts entity-level P/R/F1;
+* extractive QA: :func:`normalize_answer`, :func:`exact_match`, :func:`token_f1` and
+  :func:`squad_scores`, after the official SQuAD v1.1 evaluation script.
+
+Not handled: micro/weighted averages, per-type NER breakdowns, the IOBES or IOB1
+schemes, and SQuAD 2.0's no-answer scoring.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Iterable, Sequence
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def _check_same_length(predictions: Sequence, references: Sequence, what: str) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{what}: {len(predictions)} predictions but {len(references)} references; "
+                         "pass one prediction per reference")
+    if len(predictions) == 0:
+        raise ValueError(f"{what}: no predictions given; a score over zero examples is undefined")
+
+
+# ------------------------------------------------------------------ classification
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """The fraction of predictions equal to their reference label."""
+    _check_same_length(predictions, references, "accuracy")
+    return sum(int(p) == int(r) for p, r in zip(predictions, references)) / len(references)
+
+
+def macro_f1(predictions: Sequence[int], references: Sequence[int],
+             labels: Iterable[int] | None = None) -> float:
+    """The unweighted mean of per-class F1, so a rare class counts as much as a common one.
+
+    ``labels`` (default: every label seen in either list) fixes the classes averaged
+    over; a class with no prediction and no reference is skipped, one that is only
+    predicted or only present scores 0.
+    """
+    _check_same_length(predictions, references, "macro_f1")
+    classes = sorted(set(labels) if labels is not None else set(predictions) | set(references))
+    scores = []
+    for c in classes:
+        tp = sum(p == c and r == c for p, r in zip(predictions, references))
+        fp = sum(p == c and r != c for p, r in zip(predictions, references))
+        fn = sum(p != c and r == c for p, r in zip(predictions, references))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+# ------------------------------------------------------------------ named entities
+def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities in one BIO tag sequence, as ``(type, start, end)`` with ``end`` exclusive.
+
+    Broken sequences are read the way conlleval reads them: an ``I-X`` that does not
+    continue an entity of type ``X`` starts a new one (``O I-per`` is one ``per``
+    entity; ``B-per I-loc`` is two entities). Tags must be ``O``, ``B-type`` or ``I-type``.
+    """
+    entities: list[tuple[str, int, int]] = []
+    kind, start = None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):  # the extra "O" closes a final entity
+        if tag == "O":
+            prefix, t = "O", None
+        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
+            prefix, t = tag[0], tag[2:]
+        else:
+            raise ValueError(f"tag {tag!r} at position {i} is not BIO; use 'O', 'B-<type>' or 'I-<type>'")
+        continues = prefix == "I" and t == kind
+        if kind is not None and not continues:
+            entities.append((kind, start, i))
+            kind = None
+        if prefix in "BI" and not continues:
+            kind, start = t, i
+    return entities
+
+
+def entity_scores(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+                  ) -> dict[str, float]:
+    """Entity-level precision, recall and F1 over sentences of BIO tags.
+
+    An entity counts as found only if its type *and* both boundaries match exactly;
+    tokens tagged ``O`` correctly earn nothing (that is why token accuracy flatters NER).
+    Returns ``precision, recall, f1`` and the counts ``n_gold, n_predicted, n_correct``.
+    """
+    _check_same_length(predictions, references, "entity_scores")
+    n_gold = n_pred = n_correct = 0
+    for i, (ref, pred) in enumerate(zip(references, predictions)):
+        if len(ref) != len(pred):
+            raise ValueError(f"sentence {i}: {len(ref)} gold tags but {len(pred)} predicted; "
+                             "predict one tag per word")
+        gold, guess = set(bio_entities(ref)), set(bio_entities(pred))
+        n_gold, n_pred, n_correct = n_gold + len(gold), n_pred + len(guess), n_correct + len(gold & guess)
+    precision = n_correct / n_pred if n_pred else 0.0
+    recall = n_correct / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return dict(precision=precision, recall=recall, f1=f1,
+                n_gold=n_gold, n_predicted=n_pred, n_correct=n_correct)
+
+
+# ------------------------------------------------------------------ extractive QA
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, drop punctuation and the articles a/an/the,
+    collapse white space."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the normalised answers are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """F1 over the bags of normalised answer tokens (SQuAD's partial credit)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:  # SQuAD: both empty is a match, one empty is not
+        return float(pred == ref)
+    common = collections.Counter(pred) & collections.Counter(ref)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]
+                 ) -> dict[str, float]:
+    """Mean exact match and token F1; a reference may be a list of accepted answers
+    (the best one counts, as in SQuAD)."""
+    _check_same_length(predictions, references, "squad_scores")
+    em = f1 = 0.0
+    for pred, ref in zip(predictions, references):
+        refs = [ref] if isinstance(ref, str) else list(ref)
+        em += max(exact_match(pred, r) for r in refs)
+        f1 += max(token_f1(pred, r) for r in refs)
+    return dict(exact_match=em / len(predictions), f1=f1 / len(predictions))
