@@ -261,3 +261,44 @@ def head_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = 
     if attentions[0].shape[-1] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens for attention over {attentions[0].shape[-1]} positions")
     return _head_view(attentions, list(tokens), sentence_b_start=sentence_b_start, **kwargs)
+
+
+# --------------------------------------------------------------------------- semantic search (chapter 6c)
+
+
+def search_columns(query: str, searchers: dict, k: int = 5, width: int = 26) -> str:
+    """The top ``k`` results of each searcher for ``query``, side by side as text: one column per
+    searcher (``{name: function(query, k) -> list of titles}``), each cut to ``width`` characters.
+    The static twin of :func:`search_explorer`."""
+    columns = {name: search(query, k) for name, search in searchers.items()}
+    cut = lambda s: s if len(s) <= width else s[:width - 1] + "…"  # noqa: E731
+    lines = [f"query: {query}", "    " + " ".join(f"{name:<{width}}" for name in columns)]
+    for rank in range(k):
+        row = [cut(col[rank]) if rank < len(col) else "" for col in columns.values()]
+        lines.append(f"{rank + 1:>2}. " + " ".join(f"{cell:<{width}}" for cell in row))
+    return "\n".join(lines)
+
+
+def search_explorer(searchers: dict, query: str, k: int = 5, width: int = 26):
+    """An ipywidgets explorer: type a query, press Enter, see :func:`search_columns` for it.
+
+    Needs a running kernel; print :func:`search_columns` for fixed queries where there is none."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    box_w = widgets.Text(value=query, description="query", continuous_update=False,
+                         layout=widgets.Layout(width="95%"))
+    out = widgets.Output()
+
+    def redraw(*_):
+        out.outputs = ()  # filled directly, so it also shows where no front end routes output
+        try:
+            out.append_stdout(search_columns(box_w.value, searchers, k, width) + "\n")
+        except (ValueError, TypeError) as e:  # e.g. an empty query: say so, keep the widget alive
+            out.append_stdout(f"cannot search for this query: {e}\n")
+
+    box_w.observe(redraw, names="value")
+    box = widgets.VBox([box_w, out])
+    redraw()
+    display(box)
+    return box

@@ -176,3 +176,9 @@ def test_rerank_orders_candidates_by_the_cross_encoders_scores(tok):
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     with pytest.raises(ValueError, match="queries"):
         rerank(model, tok, queries[:1], docs, candidates)
+    # mixed with the first stage's scores: weight 1 is the cross-encoder's order, weight 0 the first stage's
+    first = torch.tensor([[3.0, 2.0, 1.0], [0.9, 0.5, 0.1]])
+    _, alone = rerank(model, tok, queries, docs, candidates, first_stage=first, weight=1.0, max_length=32)
+    assert torch.equal(alone, ranking)
+    _, kept = rerank(model, tok, queries, docs, candidates, first_stage=first, weight=0.0, max_length=32)
+    assert torch.equal(kept, candidates)

@@ -12,7 +12,7 @@ gets it in three steps, each a few lines here:
 * **a cross-encoder to rerank**: a :class:`~bertmini.task_heads.BertForSequenceClassification` that
   reads ``[CLS] query [SEP] document [SEP]`` together (chapter 5b's pair classifier), trained on
   relevant pairs and hard negatives (:func:`cross_encoder_examples`); :func:`rerank` reorders a
-  bi-encoder's top ``k`` by its scores.
+  bi-encoder's top ``k`` by its scores, alone or mixed with the bi-encoder's.
 
 The search itself, BM25 and the metrics are in :mod:`bertmini.retrieval`.
 
@@ -230,10 +230,17 @@ def cross_encoder_scores(model: nn.Module, tokenizer, queries: Sequence[str], do
 
 
 def rerank(model: nn.Module, tokenizer, queries: Sequence[str], doc_texts: Sequence[str],
-           candidates: torch.Tensor, *, max_length: int = 128, batch_size: int = 64,
-           amp: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           candidates: torch.Tensor, *, first_stage: torch.Tensor | None = None, weight: float = 0.5,
+           max_length: int = 128, batch_size: int = 64, amp: str | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, ranking)``: each query's ``k`` candidate documents (a ``(queries, k)`` tensor of
-    indices into ``doc_texts``, from a first-stage retriever) reordered by the cross-encoder."""
+    indices into ``doc_texts``, from a first-stage retriever) reordered by the cross-encoder, best first.
+
+    With ``first_stage`` (the retriever's ``(queries, k)`` scores of the candidates) the order is by
+    :func:`~bertmini.retrieval.hybrid_scores`: ``weight`` times the cross-encoder's score plus
+    ``1 - weight`` times the retriever's, each standardised over the query's candidates."""
+    from bertmini.retrieval import hybrid_scores
+
     _check_texts(queries, "rerank queries=")
     if candidates.dim() != 2 or candidates.shape[0] != len(queries):
         raise ValueError(f"candidates of shape {tuple(candidates.shape)} for {len(queries)} queries; pass "
@@ -243,5 +250,7 @@ def rerank(model: nn.Module, tokenizer, queries: Sequence[str], doc_texts: Seque
     pairs_d = [doc_texts[i] for i in candidates.reshape(-1).tolist()]
     scores = cross_encoder_scores(model, tokenizer, pairs_q, pairs_d, max_length=max_length,
                                   batch_size=batch_size, amp=amp).reshape(len(queries), k)
+    if first_stage is not None:
+        scores = hybrid_scores(first_stage, scores, weight)
     order = scores.argsort(dim=1, descending=True, stable=True)
     return scores.gather(1, order), candidates.gather(1, order)
