@@ -140,3 +140,23 @@ def test_cached_embeddings_computes_once(tmp_path, monkeypatch):
     assert len(calls) == 2
     with pytest.raises(ValueError, match="cannot name a file"):
         cached_embeddings("../x", compute)
+
+
+def test_search_columns_side_by_side_and_explorer():
+    from bertmini import viz
+
+    searchers = {"A": lambda q, k: [f"{q} {i}" for i in range(k)],
+                 "B": lambda q, k: ["a very long title that does not fit in a column"][:k]}
+    text = viz.search_columns("cat", searchers, k=3, width=12)
+    lines = text.splitlines()
+    assert lines[0] == "query: cat" and lines[1].split() == ["A", "B"]
+    assert lines[2].startswith(" 1. cat 0") and "a very long…" in lines[2]
+    assert lines[4].rstrip() == " 3. cat 2" and len(lines) == 5
+
+    def refuse(q, k):
+        raise ValueError("the query is empty")
+
+    box = viz.search_explorer({"A": refuse}, "")
+    assert "cannot search for this query: the query is empty" in box.children[1].outputs[0]["text"]
+    box.children[0].value = "dog"   # typing a new query redraws
+    assert "cannot search" in box.children[1].outputs[0]["text"]

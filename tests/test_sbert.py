@@ -49,6 +49,13 @@ def tiny_encoder(seed=0):
 
 
 # ------------------------------------------------------------------ pooling vs sentence-transformers
+def test_sentence_transformers_reads_the_packaged_pipeline(st_model):
+    # modules.json (Transformer -> mean Pooling -> Normalize) and 1_Pooling/ come with minilm_path()
+    assert (data.minilm_path() / "modules.json").is_file()
+    assert [type(m).__name__ for m in st_model] == ["Transformer", "Pooling", "Normalize"]
+    assert st_model[1].pooling_mode == "mean"
+
+
 def test_minilm_embeddings_equal_sentence_transformers(minilm, tok, st_model):
     assert st_model.max_seq_length == 256   # the last sentence is cut there, by both
     theirs = st_model.encode(SENTENCES, convert_to_tensor=True, batch_size=3)
