@@ -400,7 +400,7 @@ CARDS = {
         "attribution": "Text from English Wikipedia, by its contributors, under CC BY-SA 4.0; "
                        "descriptions from Wikidata (CC0).",
         "used_for": "pretraining (ch. 4), topic classification, description/article matching, "
-                    "\"What is X?\" extractive QA (ch. 5)",
+                    "\"What is X?\" extractive QA (ch. 5), retrieval: description -> article (ch. 6c)",
     },
     "sentiment": {
         "name": "Rotten Tomatoes snippets with human sentiment scores",
@@ -430,7 +430,7 @@ CARDS = {
         "attribution": "N. Reimers and I. Gurevych (sentence-transformers); W. Wang et al., "
                        "MiniLM, 2020; J. Devlin et al., BERT, 2019 (vocabulary).",
         "used_for": "real weights and parity (ch. 3), the pretrained backbone (ch. 5), the "
-                    "real vocab (ch. 1)",
+                    "real vocab (ch. 1), sentence embeddings and reranking (ch. 6c)",
     },
 }
 
