@@ -239,7 +239,11 @@ class Batches:
         n = len(self.examples)
         order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
         for i in range(0, n, self.batch_size):
-            yield collate([self.examples[j] for j in order[i:i + self.batch_size]], self.pad_token_id)
+            yield self.collate_batch([self.examples[j] for j in order[i:i + self.batch_size]])
+
+    def collate_batch(self, chunk: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """One padded batch of ``chunk`` (:func:`collate`); a subclass may pad differently."""
+        return collate(chunk, self.pad_token_id)
 
 
 def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0

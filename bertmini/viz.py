@@ -26,25 +26,26 @@ LAUNCH_LINKS = '<span class="bertmini-launch-links"></span>'
 class KernelNote:
     """What an explorer says above itself: it needs a running kernel (HTML, or plain text)."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, twin: str = "the static figure"):
+        self.what, self.twin = what, twin
 
     def _repr_html_(self) -> str:
         return ('<div class="admonition note bertmini-kernel-note">'
                 '<p class="admonition-title">Needs a running kernel</p>'
                 f"<p>{html.escape(self.what)} redraws only while Python runs behind the page: run this "
                 "notebook in Jupyter, or launch it on Colab or Binder (the rocket button at the top "
-                f"of the book's page{LAUNCH_LINKS}). Without a kernel, as on the web page, the static "
-                "figure after it shows the same thing.</p></div>")
+                f"of the book's page{LAUNCH_LINKS}). Without a kernel, as on the web page, "
+                f"{html.escape(self.twin)} after it shows the same thing.</p></div>")
 
     def __repr__(self) -> str:
         return (f"{self.what} needs a running kernel (Jupyter, Colab or Binder); without one, "
-                "the static figure after it shows the same thing.")
+                f"{self.twin} after it shows the same thing.")
 
 
-def kernel_note(what: str = "This explorer") -> KernelNote:
-    """The note every ipywidgets explorer displays above itself (the web book has no kernel)."""
-    return KernelNote(what)
+def kernel_note(what: str = "This explorer", twin: str = "the static figure") -> KernelNote:
+    """The note every ipywidgets explorer displays above itself (the web book has no kernel);
+    ``twin`` names the static twin that follows it on the page."""
+    return KernelNote(what, twin)
 
 
 # --------------------------------------------------------------------------- masking (chapter 2)
@@ -433,3 +434,45 @@ def model_view(attentions, tokens: Sequence[str], sentence_b_start: int | None =
                       include_heads=None if heads is None else list(heads), display_mode="light",
                       html_action="return").data
     return AttentionView(_offline_bertviz_html(raw), "model_view", layers, len(tokens))
+
+
+# --------------------------------------------------------------------------- semantic search (chapter 6c)
+
+
+def search_columns(query: str, searchers: dict, k: int = 5, width: int = 26) -> str:
+    """The top ``k`` results of each searcher for ``query``, side by side as text: one column per
+    searcher (``{name: function(query, k) -> list of titles}``), each cut to ``width`` characters.
+    The static twin of :func:`search_explorer`."""
+    columns = {name: search(query, k) for name, search in searchers.items()}
+    cut = lambda s: s if len(s) <= width else s[:width - 1] + "…"  # noqa: E731
+    lines = [f"query: {query}", "    " + " ".join(f"{name:<{width}}" for name in columns)]
+    for rank in range(k):
+        row = [cut(col[rank]) if rank < len(col) else "" for col in columns.values()]
+        lines.append(f"{rank + 1:>2}. " + " ".join(f"{cell:<{width}}" for cell in row))
+    return "\n".join(lines)
+
+
+def search_explorer(searchers: dict, query: str, k: int = 5, width: int = 26):
+    """An ipywidgets explorer: type a query, press Enter, see :func:`search_columns` for it.
+
+    Needs a running kernel; print :func:`search_columns` for fixed queries where there is none."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    box_w = widgets.Text(value=query, description="query", continuous_update=False,
+                         layout=widgets.Layout(width="95%"))
+    out = widgets.Output()
+
+    def redraw(*_):
+        out.outputs = ()  # filled directly, so it also shows where no front end routes output
+        try:
+            out.append_stdout(search_columns(box_w.value, searchers, k, width) + "\n")
+        except (ValueError, TypeError) as e:  # e.g. an empty query: say so, keep the widget alive
+            out.append_stdout(f"cannot search for this query: {e}\n")
+
+    box_w.observe(redraw, names="value")
+    box = widgets.VBox([box_w, out])
+    redraw()
+    display(kernel_note("This explorer", twin="the printed comparison"))
+    display(box)
+    return box
