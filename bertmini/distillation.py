@@ -220,8 +220,8 @@ class DistillationBatches(Batches):
         super().__init__(rows, batch_size, shuffle=True, pad_token_id=pad_token_id)
         self.targets = targets
 
-    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        batch = super().collate(examples)
+    def collate_batch(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = super().collate_batch(examples)
         batch["teacher_logits"] = torch.stack([self.targets.logits[ex["index"]] for ex in examples])
         batch["teacher_hidden"] = pad_rows([self.targets.hidden[ex["index"]] for ex in examples], 0.0,
                                            dtype=torch.float32)

@@ -117,15 +117,17 @@ def encode_classification(tokenizer, texts: Sequence[str], labels: Sequence[int]
 
 
 def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
-    """Word labels -> token labels: each word's label on its *first* sub-token,
-    ``IGNORE_INDEX`` (-100, skipped by the loss) on its other sub-tokens and on ``[CLS]``/``[SEP]``.
+    """Word labels -> token labels: each word's label on its *first*
+    sub-token, ``IGNORE_INDEX`` (-100, skipped by the loss) on its other
+    sub-tokens and on ``[CLS]``/``[SEP]``.
 
     >>> align_labels([None, 0, 1, 1, 2, None], [3, 5, 0])
     [-100, 3, 5, -100, 0, -100]
     """
     out, previous = [], None
-    for w in word_ids:
-        out.append(IGNORE_INDEX if w is None or w == previous else int(word_labels[w]))
+    for w in word_ids:  # w: the index of the word a token comes from
+        first_piece = w is not None and w != previous
+        out.append(int(word_labels[w]) if first_piece else IGNORE_INDEX)
         previous = w
     return out
 
@@ -237,11 +239,11 @@ class Batches:
         n = len(self.examples)
         order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
         for i in range(0, n, self.batch_size):
-            yield self.collate([self.examples[j] for j in order[i:i + self.batch_size]])
+            yield self.collate_batch([self.examples[j] for j in order[i:i + self.batch_size]])
 
-    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """One batch: :func:`collate` (a subclass may add keys, as distillation adds the teacher's outputs)."""
-        return collate(examples, self.pad_token_id)
+    def collate_batch(self, chunk: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """One padded batch of ``chunk`` (:func:`collate`); a subclass may pad differently."""
+        return collate(chunk, self.pad_token_id)
 
 
 def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True, pad_token_id: int = 0
@@ -251,40 +253,58 @@ def make_batches(examples: Sequence[dict], batch_size: int, shuffle: bool = True
 
 
 # ------------------------------------------------------------------ the recipe
-def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float, epochs: float = 3,
-             batch_size: int = 32, micro_batch_size: int | None = None, warmup_ratio: float = 0.1,
-             weight_decay: float = 0.01, max_steps: int | None = None, seed: int = 0,
-             eval_fn=None, eval_every: int | None = None, pad_token_id: int = 0,
-             desc: str = "fine-tune", amp: str | None = None, progress: bool = True):
-    """Fine-tune ``model`` in place with the BERT paper's recipe; return the ``History``.
+def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float,
+             epochs: float = 3, batch_size: int = 32,
+             micro_batch_size: int | None = None, warmup_ratio: float = 0.1,
+             weight_decay: float = 0.01, max_steps: int | None = None,
+             seed: int = 0, eval_fn=None, eval_every: int | None = None,
+             pad_token_id: int = 0, desc: str = "fine-tune",
+             amp: str | None = None, progress: bool = True):
+    """Fine-tune ``model`` in place with the BERT paper's recipe; return the
+    ``History``.
 
-    AdamW (no decay on biases and LayerNorm, ``weight_decay`` elsewhere), the learning
-    rate warmed up linearly over the first ``warmup_ratio`` of the steps, then decayed
-    linearly to 0; an effective batch of ``batch_size`` made of ``batch_size //
-    micro_batch_size`` accumulated micro-batches (so memory holds only a micro-batch);
-    each micro-batch padded to its own longest example. The loop is ``bertmini.train``'s.
-    ``amp=None`` (fp32) by default: small CPU runs gain little from bf16 and lose precision.
-    ``examples`` may also be a :class:`Batches` of micro-batches (of a subclass that adds keys
-    to each batch, as :mod:`bertmini.distillation` does).
+    AdamW (no decay on biases and LayerNorm, ``weight_decay`` elsewhere), the
+    learning rate warmed up linearly over the first ``warmup_ratio`` of the
+    steps, then decayed linearly to 0; an effective batch of ``batch_size``
+    made of ``batch_size // micro_batch_size`` accumulated micro-batches (so
+    memory holds only a micro-batch); each micro-batch padded to its own
+    longest example. The loop is ``bertmini.train``'s. ``amp=None`` (fp32) by
+    default: small CPU runs gain little from bf16 and lose precision.
+    ``examples`` may also be a :class:`Batches` of micro-batches (of a
+    subclass that adds keys to each batch, as :mod:`bertmini.distillation`
+    does).
     """
     from bertmini.train import TrainConfig, train
 
+    micro = _micro_batch_size(batch_size, micro_batch_size)
+    data = _training_batches(examples, micro, pad_token_id)
+    config = TrainConfig(
+        lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        epochs=None if max_steps else epochs, max_steps=max_steps,
+        grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,
+        seed=seed, desc=desc, progress=progress, log_every=5)
+    return train(model, data, config, eval_fn=eval_fn)
+
+
+def _micro_batch_size(batch_size: int, micro_batch_size: int | None) -> int:
+    """The micro-batch :func:`finetune` pads and runs, checked to divide the batch."""
     _check_batch_size(batch_size)
     micro = batch_size if micro_batch_size is None else _check_batch_size(micro_batch_size, "micro_batch_size")
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
-    if isinstance(examples, Batches):
-        if examples.batch_size != micro:
-            raise ValueError(f"the Batches given hold {examples.batch_size} examples each; finetune needs "
-                             f"micro-batches of {micro} (micro_batch_size, else batch_size)")
-        data = examples
-    else:
-        data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
-    config = TrainConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         epochs=None if max_steps else epochs, max_steps=max_steps,
-                         grad_accum_steps=batch_size // micro, amp=amp, eval_every=eval_every,
-                         seed=seed, desc=desc, progress=progress, log_every=5)
-    return train(model, data, config, eval_fn=eval_fn)
+    return micro
+
+
+def _training_batches(examples, micro: int, pad_token_id: int) -> Batches:
+    """Shuffled micro-batches of ``examples``, or ``examples`` itself if it is a
+    :class:`Batches` of ``micro`` examples each."""
+    if not isinstance(examples, Batches):
+        return Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
+    if examples.batch_size != micro:
+        raise ValueError(
+            f"the Batches given hold {examples.batch_size} examples each; finetune "
+            f"needs micro-batches of {micro} (micro_batch_size, else batch_size)")
+    return examples
 
 
 # ------------------------------------------------------------------ prediction

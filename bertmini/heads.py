@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast
+from .checkpoint import load_state_dict_strict
 from .config import IGNORE_INDEX, BertConfig
 from .fast.mlm_loss import masked_lm_loss
 from .model import ACT_FN, BertModel, BertPreTrainedModel, class_labels
@@ -239,3 +240,15 @@ class BertForMaskedLM(_MaskedLMBase):
         self._mlm(encoded.last_hidden_state, input_ids, labels, out)
         out.loss = out.mlm_loss
         return out
+
+    @classmethod
+    def from_pretraining(cls, model: BertForPreTraining) -> "BertForMaskedLM":
+        """The masked-LM part of a pretraining model, as a new model (what ``pipeline("fill-mask")``
+        runs): the encoder and the MLM head copied; the pooler and the NSP head left out."""
+        if not isinstance(model, BertForPreTraining):
+            raise TypeError(f"from_pretraining takes a BertForPreTraining, got {type(model).__name__}")
+        mlm = cls(model.config)
+        dropped = ("bert.pooler.", "cls.seq_relationship.")
+        load_state_dict_strict(mlm, {k: v for k, v in model.state_dict().items() if not k.startswith(dropped)},
+                               source="BertForPreTraining")
+        return mlm.train(model.training)

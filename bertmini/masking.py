@@ -103,26 +103,32 @@ def _uniform(shape, generator, device):
     return torch.rand(shape, generator=generator, device=_rng_device(generator)).to(device)
 
 
-def _corrupt(input_ids, selected, unit_u, *, mask_token_id, vocab_size, random_token_ids,
-             special, generator, mask_replace_prob=0.8, random_replace_prob=0.1):
-    """Apply 80/10/10 to the selected positions; ``unit_u`` holds one uniform draw per position
-    (shared by all pieces of a word for whole-word masking)."""
+def _corrupt(input_ids, selected, unit_u, *, mask_token_id, vocab_size,
+             random_token_ids, special, generator, mask_replace_prob=0.8,
+             random_replace_prob=0.1):
+    """Apply 80/10/10 to the selected positions; ``unit_u`` holds one uniform
+    draw per position (shared by the pieces of a word in whole-word masking)."""
     inputs = input_ids.clone()  # never modify the caller's tensor
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    labels = torch.where(selected, input_ids,
+                         torch.full_like(input_ids, IGNORE_INDEX))
     mask_p = _check_probability("mask_replace_prob", mask_replace_prob)
     random_p = _check_probability("random_replace_prob", random_replace_prob)
     if mask_p + random_p > 1.0 + 1e-9:
-        raise ValueError(f"mask_replace_prob + random_replace_prob = {mask_p + random_p} exceeds 1; "
-                         "BERT uses 0.8 and 0.1 (the remaining 0.1 keeps the token)")
+        raise ValueError(f"mask_replace_prob + random_replace_prob = "
+                         f"{mask_p + random_p} exceeds 1; BERT uses 0.8 and "
+                         "0.1 (the remaining 0.1 keeps the token)")
     to_mask = selected & (unit_u < mask_p)
     to_random = selected & (unit_u >= mask_p) & (unit_u < mask_p + random_p)
     # the rest (10% in BERT) keep their original token
     inputs[to_mask] = mask_token_id
     n_random = int(to_random.sum())
     if n_random:
-        candidates = _random_candidates(input_ids, special, mask_token_id, vocab_size, random_token_ids)
-        pick = torch.randint(len(candidates), (n_random,), generator=generator, device=_rng_device(generator))
-        inputs[to_random] = candidates.to(pick.device)[pick].to(inputs.device, inputs.dtype)
+        candidates = _random_candidates(input_ids, special, mask_token_id,
+                                        vocab_size, random_token_ids)
+        pick = torch.randint(len(candidates), (n_random,), generator=generator,
+                             device=_rng_device(generator))
+        new_ids = candidates.to(pick.device)[pick]
+        inputs[to_random] = new_ids.to(inputs.device, inputs.dtype)
     return inputs, labels
 
 
@@ -138,33 +144,37 @@ def mask_tokens(
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking, token by token. Returns ``(inputs, labels)``; ``input_ids`` is not modified.
+    """BERT's masking, token by token. Returns ``(inputs, labels)``;
+    ``input_ids`` is not modified.
 
-    Each position where ``special_tokens_mask`` is False is selected independently
-    with probability ``mlm_probability``. ``labels`` hold the original id at selected
-    positions and -100 elsewhere. Of the selected positions, 80% become
-    ``mask_token_id`` in ``inputs``, 10% a random id from ``random_token_ids``, 10%
-    keep their token (``mask_replace_prob`` and ``random_replace_prob`` change the
-    split, as in ``transformers``).
+    Each position where ``special_tokens_mask`` is False is selected
+    independently with probability ``mlm_probability``. ``labels`` hold the
+    original id at selected positions and -100 elsewhere. Of the selected
+    positions, 80% become ``mask_token_id`` in ``inputs``, 10% a random id from
+    ``random_token_ids``, 10% keep their token (``mask_replace_prob`` and
+    ``random_replace_prob`` change the split, as in ``transformers``).
 
-    ``special_tokens_mask`` must be True at padding too: padding is never selected
-    only because the mask says so. ``random_token_ids`` (the ids a random
-    replacement draws from) defaults to every id below ``vocab_size`` except
-    ``mask_token_id`` and the ids seen at special positions of this batch; pass the
-    exact list when the batch may not show every special token (``MLMCollator`` does).
-    Draws come from ``generator`` (the global torch RNG if None).
+    ``special_tokens_mask`` must be True at padding too: padding is never
+    selected only because the mask says so. ``random_token_ids`` (the ids a
+    random replacement draws from) defaults to every id below ``vocab_size``
+    except ``mask_token_id`` and the ids seen at special positions of this
+    batch; pass the exact list when the batch may not show every special token
+    (``MLMCollator`` does). Draws come from ``generator`` (the global torch RNG
+    if None).
     """
     _check_inputs(input_ids, special_tokens_mask)
     _check_vocab(input_ids, mask_token_id, vocab_size)
     p = _check_probability("mlm_probability", mlm_probability)
     special = special_tokens_mask.bool()
-    # Two uniform draws per position: one decides selection, one the 80/10/10 split.
+    # Two uniform draws per position: one decides selection, one the 80/10/10.
     select_u = _uniform(input_ids.shape, generator, input_ids.device)
     unit_u = _uniform(input_ids.shape, generator, input_ids.device)
     selected = (select_u < p) & ~special
-    return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id, vocab_size=vocab_size,
-                    random_token_ids=random_token_ids, special=special, generator=generator,
-                    mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+    return _corrupt(input_ids, selected, unit_u, mask_token_id=mask_token_id,
+                    vocab_size=vocab_size, random_token_ids=random_token_ids,
+                    special=special, generator=generator,
+                    mask_replace_prob=mask_replace_prob,
+                    random_replace_prob=random_replace_prob)
 
 
 def word_ids_from_wordpieces(input_ids: torch.Tensor, is_continuation: torch.Tensor,

@@ -7,18 +7,20 @@
 * named entities: :func:`bio_entities` reads the entities out of a BIO tag sequence
   the way conlleval does, :func:`entity_scores` counts entity-level P/R/F1;
 * extractive QA: :func:`normalize_answer`, :func:`exact_match`, :func:`token_f1` and
-  :func:`squad_scores`, after the official SQuAD v1.1 evaluation script.
+  :func:`squad_scores`, after the official SQuAD v1.1 evaluation script;
+* how far to trust a score on a small test set: :func:`bootstrap_interval`.
 
 Not handled: micro/weighted averages, per-type NER breakdowns, the IOBES or IOB1
-schemes, SQuAD 2.0's no-answer scoring, and calibration bins of equal mass (the bins here
-are of equal width).
+schemes, SQuAD 2.0's no-answer scoring, bootstrap refinements (BCa, stratified
+resampling), and calibration bins of equal mass (the bins here are of equal width).
 """
 from __future__ import annotations
 
 import collections
+import random
 import re
 import string
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -182,3 +184,59 @@ def squad_scores(predictions: Sequence[str], references: Sequence[str | Sequence
         em += max(exact_match(pred, r) for r in refs)
         f1 += max(token_f1(pred, r) for r in refs)
     return dict(exact_match=em / len(predictions), f1=f1 / len(predictions))
+
+
+# ------------------------------------------------------------------ how sure is a score?
+def bootstrap_interval(score: Callable[..., float], *columns: Sequence,
+                       resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for ``score(*columns)`` on a test set.
+
+    Each column holds one entry per test example (predictions, references,
+    a score per example). The test set is drawn again ``resamples`` times,
+    with replacement and as large as before, and ``score`` recomputed on each
+    draw; the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles of those scores. Every column is indexed by the *same* draw,
+    so two models' scores are resampled in pairs, example by example::
+
+        diff = lambda a, b, gold: accuracy(a, gold) - accuracy(b, gold)
+        low, high = bootstrap_interval(diff, preds_a, preds_b, gold)
+
+    It says how much the score would move on another test set of the same
+    size from the same source; not how much it moves from one training run
+    (seed) to another, which takes more runs.
+    """
+    n = _check_bootstrap(columns, resamples, level)
+    rng = random.Random(seed)
+    scores = []
+    for _ in range(resamples):
+        draw = rng.choices(range(n), k=n)  # n example indices, with replacement
+        scores.append(score(*([col[i] for i in draw] for col in columns)))
+    scores.sort()
+    low, high = (1 - level) / 2, (1 + level) / 2
+    return _quantile(scores, low), _quantile(scores, high)
+
+
+def _check_bootstrap(columns: Sequence[Sequence], resamples: int, level: float) -> int:
+    """The number of test examples, after checking the arguments of :func:`bootstrap_interval`."""
+    if not columns:
+        raise ValueError("bootstrap_interval: no columns; pass the per-example lists score() reads")
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise ValueError(f"bootstrap_interval: columns of lengths {[len(c) for c in columns]}; "
+                         "pass one entry per test example in every column")
+    if n == 0:
+        raise ValueError("bootstrap_interval: the columns are empty; a score over zero examples is undefined")
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_interval: level={level!r}; use a fraction such as 0.95")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"bootstrap_interval: resamples={resamples!r}; use a positive int such as 1000")
+    return n
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted values, interpolated linearly (NumPy's default)."""
+    position = q * (len(sorted_values) - 1)
+    below = int(position)
+    above = min(below + 1, len(sorted_values) - 1)
+    return sorted_values[below] + (position - below) * (sorted_values[above] - sorted_values[below])

@@ -95,17 +95,20 @@ def encode_qa(tokenizer, questions: Sequence[str], contexts: Sequence[str],
     return windows
 
 
-def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, allowed: torch.Tensor,
-              max_answer_length: int = 30) -> tuple[int, int, float]:
-    """The span ``(i, j)`` maximising ``start_logits[i] + end_logits[j]`` with ``i <= j``,
-    ``j - i < max_answer_length`` and both ends at ``allowed`` (context) positions.
-    Returns ``(i, j, score)``; ``(-1, -1, -inf)`` if nothing is allowed."""
+def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor,
+              allowed: torch.Tensor, max_answer_length: int = 30
+              ) -> tuple[int, int, float]:
+    """The span ``(i, j)`` maximising ``start_logits[i] + end_logits[j]``
+    with ``i <= j``, ``j - i < max_answer_length`` and both ends at
+    ``allowed`` (context) positions. Returns ``(i, j, score)``;
+    ``(-1, -1, -inf)`` if nothing is allowed."""
     s = start_logits.float().masked_fill(~allowed, float("-inf"))
     e = end_logits.float().masked_fill(~allowed, float("-inf"))
     scores = s[:, None] + e[None, :]  # every (start, end) pair at once
     n = scores.shape[0]
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
-    scores = scores.masked_fill((j < i) | (j - i >= max_answer_length), float("-inf"))
+    too_long = j - i >= max_answer_length
+    scores = scores.masked_fill((j < i) | too_long, float("-inf"))
     best = int(scores.argmax())
     score = float(scores.flatten()[best])
     if score == float("-inf"):

@@ -231,10 +231,26 @@ def load_results(chapter: str) -> dict[str, Any]:
 def glue(name: str, value: Any, display: bool = False) -> Any:
     """``myst_nb.glue`` for a number the prose quotes: NumPy and torch scalars become
     plain Python numbers first (the book formats ``{glue:text}`name:.1%` `` from their
-    text, which for ``np.float64(0.15)`` would fail). Returns the plain value."""
-    from myst_nb import glue as myst_glue
+    text, which for ``np.float64(0.15)`` would fail). Returns the plain value.
+    Where myst-nb is not installed (Colab), it writes the output ``myst_nb.glue`` writes."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        myst_glue = _glue_without_myst_nb
 
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
     myst_glue(name, value, display=display)
     return value
+
+
+def _glue_without_myst_nb(name: str, value: Any, display: bool = True) -> None:
+    """What ``myst_nb.glue`` (myst-nb 1.x) displays: the value's mimebundle, hidden under
+    ``application/papermill.record/`` unless ``display``, named in the output's metadata."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as ipy_display
+
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else "application/papermill.record/"
+    metadata["scrapbook"] = dict(name=name, mime_prefix=prefix)
+    ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)

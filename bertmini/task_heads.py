@@ -79,27 +79,32 @@ class _TaskModel(BertPreTrainedModel):
 
 
 class BertForSequenceClassification(_TaskModel):
-    """A linear classifier on the pooled ``[CLS]`` vector: one label per sentence or pair."""
+    """A linear classifier on the pooled ``[CLS]`` vector: one label per
+    sentence or sentence pair."""
 
-    def __init__(self, config: BertConfig, num_labels: int = 2, encoder: BertModel | None = None):
+    def __init__(self, config: BertConfig, num_labels: int = 2,
+                 encoder: BertModel | None = None):
         if num_labels < 1:
             raise ValueError(f"num_labels must be at least 1, got {num_labels}")
         super().__init__(config, encoder)
         if self.bert.pooler is None:
-            raise ValueError("sequence classification reads the pooled [CLS] vector; "
-                             "build the encoder with add_pooling_layer=True")
+            raise ValueError("sequence classification reads the pooled "
+                             "[CLS] vector; build the encoder with "
+                             "add_pooling_layer=True")
         self.num_labels = num_labels
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self._init_head(self.classifier)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
-        pooled = self._encode(input_ids, token_type_ids, attention_mask).pooler_output
-        logits = self.classifier(self.dropout(pooled))
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                labels=None) -> TaskOutput:
+        encoded = self._encode(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(encoded.pooler_output))
         loss = None
         if labels is not None:
             labels = class_labels(labels, "labels", logits.device)
-            _check_labels(labels, self.num_labels, "BertForSequenceClassification", allow_ignore=False)
+            _check_labels(labels, self.num_labels,
+                          "BertForSequenceClassification", allow_ignore=False)
             loss = F.cross_entropy(logits, labels)
         return TaskOutput(loss, logits)
 
@@ -119,14 +124,17 @@ class BertForTokenClassification(_TaskModel):
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self._init_head(self.classifier)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
-        hidden = self._encode(input_ids, token_type_ids, attention_mask).last_hidden_state
-        logits = self.classifier(self.dropout(hidden))
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                labels=None) -> TaskOutput:
+        encoded = self._encode(input_ids, token_type_ids, attention_mask)
+        logits = self.classifier(self.dropout(encoded.last_hidden_state))
         loss = None
-        if labels is not None:
+        if labels is not None:  # one label per token, IGNORE_INDEX skipped
             labels = class_labels(labels, "labels", logits.device)
-            _check_labels(labels, self.num_labels, "BertForTokenClassification", allow_ignore=True)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+            _check_labels(labels, self.num_labels,
+                          "BertForTokenClassification", allow_ignore=True)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                   ignore_index=IGNORE_INDEX)
         return TaskOutput(loss, logits)
 
 
@@ -145,17 +153,26 @@ class BertForQuestionAnswering(_TaskModel):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 start_positions=None, end_positions=None) -> TaskOutput:
-        hidden = self._encode(input_ids, token_type_ids, attention_mask).last_hidden_state
-        logits = self.qa_outputs(hidden)
+        encoded = self._encode(input_ids, token_type_ids, attention_mask)
+        logits = self.qa_outputs(encoded.last_hidden_state)  # (batch, seq, 2)
         start_logits, end_logits = logits.unbind(-1)
         loss = None
         if (start_positions is None) != (end_positions is None):
-            raise ValueError("pass both start_positions and end_positions, or neither")
-        if start_positions is not None:
-            seq = input_ids.shape[1]
-            start_positions = class_labels(start_positions, "start_positions", logits.device)
-            end_positions = class_labels(end_positions, "end_positions", logits.device)
-            for name, pos in (("start_positions", start_positions), ("end_positions", end_positions)):
-                _check_labels(pos, seq, f"BertForQuestionAnswering {name} (token positions)", allow_ignore=False)
-            loss = (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2
+            raise ValueError("pass both start_positions and end_positions, "
+                             "or neither")
+        if start_positions is not None:  # a cross-entropy over positions
+            start_positions, end_positions = self._positions(
+                input_ids, start_positions, end_positions, logits.device)
+            loss = (F.cross_entropy(start_logits, start_positions)
+                    + F.cross_entropy(end_logits, end_positions)) / 2
         return TaskOutput(loss, logits, start_logits, end_logits)
+
+    @staticmethod
+    def _positions(input_ids, start_positions, end_positions, device):
+        """The answer's token positions as long tensors, checked to lie in the window."""
+        seq = input_ids.shape[1]
+        start_positions = class_labels(start_positions, "start_positions", device)
+        end_positions = class_labels(end_positions, "end_positions", device)
+        for name, pos in (("start_positions", start_positions), ("end_positions", end_positions)):
+            _check_labels(pos, seq, f"BertForQuestionAnswering {name} (token positions)", allow_ignore=False)
+        return start_positions, end_positions

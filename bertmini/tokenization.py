@@ -332,13 +332,15 @@ class BertTokenizer:
         while pieces is not None and start < n:
             end = n
             while end > start:
-                piece = word[start:end] if start == 0 else CONTINUATION + word[start:end]
+                piece = word[start:end]
+                if start > 0:
+                    piece = CONTINUATION + piece
                 if piece in vocab:
                     pieces.append((vocab[piece], start, end))
                     break
                 end -= 1
-            else:
-                pieces = None   # some position cannot be covered: the whole word is [UNK]
+            else:   # some position cannot be covered: the whole word is [UNK]
+                pieces = None
             start = end
         result = ((vocab[UNK], 0, n),) if pieces is None else tuple(pieces)
         if len(self._cache) < 1_000_000:
@@ -667,19 +669,24 @@ class WordPieceTrainer:
         words = [(spell(word), count) for word, count in items]
         return [(pieces, count) for pieces, count in words if known.issuperset(pieces)]
 
-    def learn_merges(self, words: list[tuple[list[str], int]], vocab: list[str], bar=None) -> None:
-        """Merge the best pair and append the new piece to ``vocab``, until it is full."""
-        rank = {piece: i for i, piece in enumerate(vocab)}   # breaks ties: earlier pieces first
-        n = sum(len(pieces) * count for pieces, count in words)   # symbols before training
+    def learn_merges(self, words: list[tuple[list[str], int]], vocab: list[str],
+                     bar=None) -> None:
+        """Merge the best pair and append the new piece to ``vocab``, until it
+        is full."""
+        # ties go to earlier pieces
+        rank = {piece: i for i, piece in enumerate(vocab)}
+        # the number of symbols before training
+        n = sum(len(pieces) * count for pieces, count in words)
         while len(vocab) < self.vocab_size:
             best = self.best_pair(words, rank, n)
             if best is None:
                 break   # no pair occurs min_frequency times any more
             (left, right), count, score = best
             token = left + right.removeprefix(CONTINUATION)
-            words = [(merge_pair(pieces, left, right, token), c) for pieces, c in words]
-            if token in rank:
-                continue   # the same piece, reached before by another pair: nothing new
+            words = [(merge_pair(pieces, left, right, token), c)
+                     for pieces, c in words]
+            if token in rank:   # reached before by another pair: nothing new
+                continue
             rank[token] = len(vocab)
             vocab.append(token)
             self.merges.append(Merge(left, right, token, count, score))
@@ -688,15 +695,18 @@ class WordPieceTrainer:
 
     def best_pair(self, words: list[tuple[list[str], int]], rank: dict[str, int],
                   n: int) -> tuple[tuple[str, str], int, float] | None:
-        """The pair to merge next, its count and its score (None if none is frequent enough)."""
+        """The pair to merge next, its count and its score (None if none is
+        frequent enough)."""
         units, pairs = count_pairs(words)
         score = SCORES[self.score]
 
         def key(pair):   # highest score, then highest count, then earliest pieces
             a, b = pair
-            return score(pairs[pair], units[a], units[b], n), pairs[pair], -rank[a], -rank[b]
+            return (score(pairs[pair], units[a], units[b], n), pairs[pair],
+                    -rank[a], -rank[b])
 
-        frequent = [pair for pair, count in pairs.items() if count >= self.min_frequency]
+        frequent = [pair for pair, count in pairs.items()
+                    if count >= self.min_frequency]
         if not frequent:
             return None
         best = max(frequent, key=key)

@@ -5,6 +5,9 @@ matplotlib, so the web book (which has no kernel) still shows it.
 """
 from __future__ import annotations
 
+import html
+import json
+import re
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -12,6 +15,38 @@ import torch
 from matplotlib.patches import Patch, Rectangle
 
 from .config import IGNORE_INDEX
+
+# --------------------------------------------------------------------------- widgets need a kernel
+
+# The book's build (_ext/bertmini_book.py) fills this placeholder with the links of the page's own
+# launch buttons; anywhere else it stays empty.
+LAUNCH_LINKS = '<span class="bertmini-launch-links"></span>'
+
+
+class KernelNote:
+    """What an explorer says above itself: it needs a running kernel (HTML, or plain text)."""
+
+    def __init__(self, what: str, twin: str = "the static figure"):
+        self.what, self.twin = what, twin
+
+    def _repr_html_(self) -> str:
+        return ('<div class="admonition note bertmini-kernel-note">'
+                '<p class="admonition-title">Needs a running kernel</p>'
+                f"<p>{html.escape(self.what)} redraws only while Python runs behind the page: run this "
+                "notebook in Jupyter, or launch it on Colab or Binder (the rocket button at the top "
+                f"of the book's page{LAUNCH_LINKS}). Without a kernel, as on the web page, "
+                f"{html.escape(self.twin)} after it shows the same thing.</p></div>")
+
+    def __repr__(self) -> str:
+        return (f"{self.what} needs a running kernel (Jupyter, Colab or Binder); without one, "
+                f"{self.twin} after it shows the same thing.")
+
+
+def kernel_note(what: str = "This explorer", twin: str = "the static figure") -> KernelNote:
+    """The note every ipywidgets explorer displays above itself (the web book has no kernel);
+    ``twin`` names the static twin that follows it on the page."""
+    return KernelNote(what, twin)
+
 
 # --------------------------------------------------------------------------- masking (chapter 2)
 
@@ -81,8 +116,10 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
             cur.append((shown, orig, kind, width, w))
             width += w
         lines.append((label if first else "", cur))
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(12, 0.5 * len(lines) + 1.3))
+    # room on the left for the longest row label (bold 9 pt: about 1.5 box units a character)
+    left = max(30, 2 + 1.5 * max((len(label) for label, _ in lines), default=0))
+    if ax is None:   # about 0.075 inch a box unit, so the text keeps its size at any max_chars
+        fig, ax = plt.subplots(figsize=(0.075 * (left + max_chars + 1), 0.5 * len(lines) + 1.3))
     for li, (label, toks) in enumerate(lines):
         y = -li
         ax.text(-1, y, label, ha="right", va="center", fontsize=9, fontweight="bold")
@@ -95,7 +132,7 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
             if kind in ("[MASK]", "random", "kept"):
                 ax.text(x + (w - 0.4) / 2, y - 0.19, orig, ha="center", va="center", fontsize=6,
                         color=color, family="monospace", style="italic")
-    ax.set_xlim(-30, max_chars + 1)
+    ax.set_xlim(-left, max_chars + 1)
     ax.set_ylim(-len(lines) + 0.4, 0.6)
     ax.set_yticks([])
     ax.set_xticks([])
@@ -104,19 +141,25 @@ def plot_masked_rows(rows: Sequence[tuple[str, dict]], title: str = "What the mo
     ax.set_xlabel("position in the sequence (boxes; small italic text = the label the model must predict)")
     ax.set_ylabel("setting")
     ax.set_title(title, pad=22)
-    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in MASK_KINDS],
+    # the legend names only what the figure shows (a short sentence may have no random token)
+    present = {kind for _, r in rows for kind in r["kinds"]}
+    kinds = [k for k in MASK_KINDS if k in present]
+    ax.legend(handles=[Patch(facecolor=MASK_COLORS[k], edgecolor="#999999", label=k) for k in kinds],
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False, fontsize=8)
     return ax
 
 
-def plot_masking_grid(tokenizer, text: str, settings: Sequence[dict], title: str | None = None):
-    """The explorer's static twin: one row per setting (``dict(mlm_probability=, seed=, whole_word=)``)."""
+def plot_masking_grid(tokenizer, text: str, settings: Sequence[dict], title: str | None = None,
+                      max_chars: int = 125):
+    """The explorer's static twin: one row per setting (``dict(mlm_probability=, seed=, whole_word=)``);
+    rows wrap after ``max_chars`` characters (a smaller value draws a narrower figure)."""
     rows = []
     for s in settings:
         p, seed, ww = s.get("mlm_probability", 0.15), s.get("seed", 0), s.get("whole_word", False)
         label = f"p={p:.2f} seed={seed}" + (" whole-word" if ww else "")
         rows.append((label, mask_sentence(tokenizer, text, p, seed, ww)))
-    return plot_masked_rows(rows, title=title or "One sentence, masked under different settings")
+    return plot_masked_rows(rows, title=title or "One sentence, masked under different settings",
+                            max_chars=max_chars)
 
 
 def masking_explorer(tokenizer, text: str, mlm_probability: float = 0.15, seed: int = 0,
@@ -154,6 +197,7 @@ def masking_explorer(tokenizer, text: str, mlm_probability: float = 0.15, seed: 
         w.observe(redraw, names="value")
     box = widgets.VBox([text_w, widgets.HBox([p_w, seed_w, ww_w]), out])
     redraw()
+    display(kernel_note("This explorer"))
     display(box)
     return box
 
@@ -240,24 +284,195 @@ def plot_attention_heads(layer_weights, tokens: Sequence[str], heads: Sequence[i
     return fig
 
 
-def head_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = None, **kwargs):
-    """bertviz's interactive ``head_view`` on bertmini's own attention probabilities.
+# --------------------------------------------------------------------------- bertviz, served offline
 
-    ``attentions`` is ``BertModelOutput.attentions`` (one ``(1, heads, seq, seq)``
-    tensor per layer, from ``model(..., output_attentions=True)`` on a batch of one)
-    or the output itself. It writes HTML and JavaScript that needs a running
-    notebook front end and loads require.js/d3 from a CDN; use
-    :func:`plot_attention_heads` for a figure that renders anywhere.
+# bertviz's JavaScript asks require.js for d3 and jQuery at these CDN addresses. In the built book
+# the three files come from the book itself (``_static/bertviz/``, where the book's build puts
+# them), so the views draw with no network; in Jupyter and on Colab they come from the CDN.
+BERTVIZ_CDN = {
+    "require": "https://cdnjs.cloudflare.com/ajax/libs/require.js/2.3.6/require.min.js",
+    "d3": "https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min",
+    "jquery": "https://cdnjs.cloudflare.com/ajax/libs/jquery/2.0.0/jquery.min",
+}
+BERTVIZ_STATIC = "_static/bertviz/"   # in the book: require.js, d3.min.js, jquery.min.js
+_LOADER = """
+(function () {
+  if (window.bertminiBertviz) return;
+  // Sphinx marks its pages with data-content_root: on a page of the book, take the libraries
+  // from the book's own _static folder; anywhere else (Jupyter, Colab) from the CDN.
+  var root = document.documentElement.getAttribute("data-content_root");
+  var cdn = __CDN__, libs = {};
+  if (root === null) {
+    libs = {require: cdn.require, d3: cdn.d3, jquery: cdn.jquery};
+  } else {
+    var base = new URL(root + "__STATIC__", document.baseURI).href;
+    libs = {require: base + "require.js", d3: base + "d3.min", jquery: base + "jquery.min"};
+  }
+  libs.ready = new Promise(function (resolve, reject) {
+    function load() {
+      if (typeof window.requirejs === "function") { resolve(); return; }
+      var s = document.createElement("script");
+      s.src = libs.require;
+      s.onload = resolve;
+      s.onerror = function () { reject(new Error("cannot load " + libs.require)); };
+      document.head.appendChild(s);
+    }
+    // after the page's own scripts, so that none of them meets require.js's define()
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", load);
+    else load();
+  });
+  window.bertminiBertviz = libs;
+})();
+"""
+_FAILED = """function (err) {
+  var div = document.getElementById("__ROOT__");
+  if (div) div.insertAdjacentText("beforeend", "This interactive view needs require.js, d3 and "
+    + "jQuery, which could not be loaded (" + err.message + "); the static figure shows the same "
+    + "attention.");
+}"""
+
+
+class AttentionView:
+    """One bertviz view as a single HTML output (``_repr_html_``), drawn by the browser.
+
+    ``html`` holds the view's ``<div>`` and one ``<script>``; ``kind`` is ``"head_view"`` or
+    ``"model_view"``; ``layers`` the layers it shows, ``n_tokens`` the sequence length.
     """
-    from bertviz import head_view as _head_view
 
+    def __init__(self, page_html: str, kind: str, layers: Sequence[int], n_tokens: int):
+        self.html, self.kind, self.layers, self.n_tokens = page_html, kind, list(layers), n_tokens
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return (f"<bertviz {self.kind}: layers {self.layers}, {self.n_tokens} tokens; it draws in a "
+                "browser with JavaScript, plot_attention_heads draws the same statically>")
+
+
+def _offline_bertviz_html(raw: str) -> str:
+    """Rewrite bertviz's ``html_action="return"`` HTML so its libraries load as ``_LOADER`` says."""
+    tag = f'<script src="{BERTVIZ_CDN["require"]}"></script>'
+    match = re.fullmatch(r"(.*)<script type=\"text/javascript\">\n(.*)\n</script>\s*", raw, re.S)
+    root = re.search(r'<div id="(bertviz-[0-9a-f]+)"', raw)
+    if raw.count(tag) != 1 or match is None or root is None:
+        raise RuntimeError("bertviz's HTML is not laid out as bertmini expects (bertviz 1.4); "
+                           "check bertmini.viz._offline_bertviz_html against the installed bertviz")
+    markup, body = match.group(1).replace(tag, ""), match.group(2)
+    for lib in ("d3", "jquery"):
+        if body.count(f"'{BERTVIZ_CDN[lib]}'") != 1:
+            raise RuntimeError(f"bertviz no longer asks for {lib} at {BERTVIZ_CDN[lib]}; "
+                               "update bertmini.viz.BERTVIZ_CDN")
+        body = body.replace(f"'{BERTVIZ_CDN[lib]}'", f"window.bertminiBertviz.{lib}")
+    # bertviz's str.replace also fills the marker in its own comment: the data would be there twice
+    body = re.sub(r"; // HACK: [^\n]*", ";", body, count=1)
+    body = body.replace("</", "<\\/")   # a token can never close the <script> early
+    loader = _LOADER.replace("__CDN__", json.dumps(BERTVIZ_CDN)).replace("__STATIC__", BERTVIZ_STATIC)
+    failed = _FAILED.replace("__ROOT__", root.group(1))
+    # the model view is wider than the book's column: let the reader scroll it sideways
+    return (f'<div class="bertmini-attention-view" style="overflow-x: auto; max-width: 100%">\n'
+            f"{markup.strip()}\n</div>\n<script type=\"text/javascript\">{loader}"
+            f"window.bertminiBertviz.ready.then(function () {{\n{body}\n}}, {failed});\n</script>\n")
+
+
+def _bertviz_inputs(attentions, tokens, layers, decimals):
     if hasattr(attentions, "attentions"):
         attentions = attentions.attentions
     if attentions is None:
         raise ValueError("no attention probabilities: call the model with output_attentions=True")
-    attentions = tuple(a.detach().float().cpu() for a in attentions)
+    attentions = tuple(a.detach().cpu() for a in attentions)
     if attentions[0].dim() != 4 or attentions[0].shape[0] != 1:
-        raise ValueError(f"head_view shows a batch of one; got attention of shape {tuple(attentions[0].shape)}")
+        raise ValueError("a bertviz view shows a batch of one; got attention of shape "
+                         f"{tuple(attentions[0].shape)}: pass the attentions of one sequence")
     if attentions[0].shape[-1] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens for attention over {attentions[0].shape[-1]} positions")
-    return _head_view(attentions, list(tokens), sentence_b_start=sentence_b_start, **kwargs)
+    layers = list(range(len(attentions))) if layers is None else [int(i) for i in layers]
+    bad = [i for i in layers if not 0 <= i < len(attentions)]
+    if bad or not layers:
+        raise ValueError(f"layers {bad or layers} do not exist: the model has {len(attentions)} "
+                         f"layers, numbered 0 to {len(attentions) - 1}")
+    # Three decimals keep the page small (bertviz writes every weight into it) and show the same.
+    rounded = tuple(a.double().round(decimals=decimals) for a in attentions)
+    return rounded, layers
+
+
+def head_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = None, *,
+              layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+              decimals: int = 3) -> AttentionView:
+    """bertviz's interactive ``head_view`` on bertmini's own attention probabilities.
+
+    ``attentions`` is ``BertModelOutput.attentions`` (one ``(1, heads, seq, seq)`` tensor per
+    layer, from ``model(..., output_attentions=True)`` on a batch of one) or the output itself;
+    ``layers`` picks the layers to include (all by default: the page grows with layers x heads
+    x tokens squared, so keep inputs short), ``heads`` the heads selected at first. The
+    returned :class:`AttentionView` shows as the cell's output. It draws wherever JavaScript
+    runs: in the built book with the book's own copies of require.js, d3 and jQuery, in
+    Jupyter and on Colab with bertviz's CDN. Not handled: a batch of more than one sequence;
+    a page without JavaScript (print) shows nothing, so keep :func:`plot_attention_heads` beside it.
+    """
+    from bertviz import head_view as _head_view
+
+    rounded, layers = _bertviz_inputs(attentions, tokens, layers, decimals)
+    raw = _head_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
+                     heads=None if heads is None else list(heads), html_action="return").data
+    return AttentionView(_offline_bertviz_html(raw), "head_view", layers, len(tokens))
+
+
+def model_view(attentions, tokens: Sequence[str], sentence_b_start: int | None = None, *,
+               layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+               decimals: int = 3) -> AttentionView:
+    """bertviz's interactive ``model_view`` (every head of every layer, small) on bertmini's attention.
+
+    The arguments and the output are those of :func:`head_view`; ``heads`` picks the heads to
+    include. The view is drawn light, to sit on the book's page. Not handled: as in
+    :func:`head_view`.
+    """
+    from bertviz import model_view as _model_view
+
+    rounded, layers = _bertviz_inputs(attentions, tokens, layers, decimals)
+    raw = _model_view(rounded, list(tokens), sentence_b_start=sentence_b_start, include_layers=layers,
+                      include_heads=None if heads is None else list(heads), display_mode="light",
+                      html_action="return").data
+    return AttentionView(_offline_bertviz_html(raw), "model_view", layers, len(tokens))
+
+
+# --------------------------------------------------------------------------- semantic search (chapter 6c)
+
+
+def search_columns(query: str, searchers: dict, k: int = 5, width: int = 26) -> str:
+    """The top ``k`` results of each searcher for ``query``, side by side as text: one column per
+    searcher (``{name: function(query, k) -> list of titles}``), each cut to ``width`` characters.
+    The static twin of :func:`search_explorer`."""
+    columns = {name: search(query, k) for name, search in searchers.items()}
+    cut = lambda s: s if len(s) <= width else s[:width - 1] + "…"  # noqa: E731
+    lines = [f"query: {query}", "    " + " ".join(f"{name:<{width}}" for name in columns)]
+    for rank in range(k):
+        row = [cut(col[rank]) if rank < len(col) else "" for col in columns.values()]
+        lines.append(f"{rank + 1:>2}. " + " ".join(f"{cell:<{width}}" for cell in row))
+    return "\n".join(lines)
+
+
+def search_explorer(searchers: dict, query: str, k: int = 5, width: int = 26):
+    """An ipywidgets explorer: type a query, press Enter, see :func:`search_columns` for it.
+
+    Needs a running kernel; print :func:`search_columns` for fixed queries where there is none."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    box_w = widgets.Text(value=query, description="query", continuous_update=False,
+                         layout=widgets.Layout(width="95%"))
+    out = widgets.Output()
+
+    def redraw(*_):
+        out.outputs = ()  # filled directly, so it also shows where no front end routes output
+        try:
+            out.append_stdout(search_columns(box_w.value, searchers, k, width) + "\n")
+        except (ValueError, TypeError) as e:  # e.g. an empty query: say so, keep the widget alive
+            out.append_stdout(f"cannot search for this query: {e}\n")
+
+    box_w.observe(redraw, names="value")
+    box = widgets.VBox([box_w, out])
+    redraw()
+    display(kernel_note("This explorer", twin="the printed comparison"))
+    display(box)
+    return box

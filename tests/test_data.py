@@ -69,11 +69,26 @@ def test_ner():
     labels = data.ner_labels()
     assert labels[0] == "O" and len(labels) == 21
     total = sum(len(data.ner(s)) for s in SPLITS)
-    assert 2_300 <= total <= 2_394
+    assert 2_250 <= total <= 2_394
     assert 0.75 < len(data.ner("train")) / total < 0.85  # the split the loop below checks is not empty
     for tokens, tags in data.ner("train"):
         assert tokens and len(tokens) == len(tags) and set(tags) <= set(labels)
         assert all(t.strip() for t in tokens)
+
+
+def test_ner_splits_share_no_tweet():
+    """The file repeats some tweets; each is kept once and lands in one split only."""
+    tweets = {s: [tuple(tokens) for tokens, _ in data.ner(s)] for s in SPLITS}
+    for s in SPLITS:
+        assert len(set(tweets[s])) == len(tweets[s]), f"a tweet twice in {s}"
+    assert not set(tweets["train"]) & set(tweets["test"])
+    assert not set(tweets["train"]) & set(tweets["validation"])
+    assert not set(tweets["validation"]) & set(tweets["test"])
+    stats = data.ner_stats()
+    assert stats["in_file"] == 2_394 and stats["dropped_duplicates"] > 0
+    assert stats["unique"] + stats["dropped_duplicates"] == stats["in_file"] == sum(
+        1 for _ in data._ner_file_sentences())
+    assert sum(len(t) for t in tweets.values()) == stats["unique"]
 
 
 def test_qa_answers_are_in_context():

@@ -6,8 +6,9 @@ The SQuAD cases follow the official v1.1 evaluation script's normalisation.
 """
 import pytest
 
-from bertmini.metrics import (accuracy, bio_entities, entity_scores, exact_match, expected_calibration_error,
-                              macro_f1, normalize_answer, reliability_bins, squad_scores, token_f1)
+from bertmini.metrics import (accuracy, bio_entities, bootstrap_interval, entity_scores, exact_match,
+                              expected_calibration_error, macro_f1, normalize_answer, reliability_bins,
+                              squad_scores, token_f1)
 
 
 def test_accuracy():
@@ -114,6 +115,63 @@ def test_squad_scores_takes_best_reference():
     s = squad_scores(["Paris", "tower"], [["paris", "Paris, France"], "Eiffel Tower"])
     assert s["exact_match"] == pytest.approx(0.5)
     assert s["f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_bootstrap_interval_by_hand():
+    # Two examples scoring 0 and 1: a resample's mean is 0, 1/2 or 1 with chances 1/4, 1/2, 1/4.
+    # The middle 40% (quantiles 0.3 and 0.7) lies inside the mass at 1/2; the middle 90%
+    # (quantiles 0.05 and 0.95) reaches both ends.
+    assert bootstrap_interval(mean, [0, 1], resamples=4000, level=0.4) == (0.5, 0.5)
+    assert bootstrap_interval(mean, [0, 1], resamples=4000, level=0.9) == (0.0, 1.0)
+    # one example, or two models that agree everywhere: no spread at all
+    assert bootstrap_interval(mean, [0.7]) == (0.7, 0.7)
+    same = [1, 0, 1, 1, 0]
+    assert bootstrap_interval(lambda a, b: mean(a) - mean(b), same, same) == (0.0, 0.0)
+
+
+def test_bootstrap_interval_takes_numpys_quantiles():
+    # A score that ignores its draw and counts 9, 8, ..., 0: the interval is the 10% and 90%
+    # quantiles of 0..9, interpolated linearly as numpy.percentile does (0.9 and 8.1).
+    import numpy as np
+
+    counter = iter(range(9, -1, -1))
+    low, high = bootstrap_interval(lambda column: next(counter), [0], resamples=10, level=0.8)
+    assert (low, high) == pytest.approx(tuple(np.percentile(np.arange(10), [10, 90])))
+    assert (low, high) == pytest.approx((0.9, 8.1))
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    # 400 examples, half right: standard error sqrt(0.25 / 400) = 0.025, 95% interval 0.5 +- 0.049
+    low, high = bootstrap_interval(mean, [1, 0] * 200, resamples=2000)
+    assert low == pytest.approx(0.5 - 1.96 * 0.025, abs=0.01)
+    assert high == pytest.approx(0.5 + 1.96 * 0.025, abs=0.01)
+
+
+def test_bootstrap_interval_resamples_the_columns_in_pairs():
+    # Model a is right wherever b is, and on 10 more of 100 examples: on any resample a scores
+    # at least as well as b, so the interval of the difference cannot go below 0 (resampled
+    # independently, it would: the two accuracies' spread is about 7 points each).
+    gold = [1] * 100
+    a, b = [1] * 60 + [0] * 40, [1] * 50 + [0] * 50
+    low, high = bootstrap_interval(lambda a, b, g: accuracy(a, g) - accuracy(b, g), a, b, gold)
+    assert 0 <= low < 0.1 < high < 0.2
+    assert bootstrap_interval(mean, a, seed=3) == bootstrap_interval(mean, a, seed=3)  # seeded
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((), {}, "no columns"),
+    (([1, 0], [1]), {}, "lengths"),
+    (([],), {}, "empty"),
+    (([1, 0],), {"level": 95}, "level"),
+    (([1, 0],), {"resamples": 0}, "resamples"),
+])
+def test_bootstrap_interval_rejects_bad_input(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_interval(mean, *args, **kwargs)
 
 
 # ------------------------------------------------------------------ calibration
