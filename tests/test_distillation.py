@@ -170,6 +170,12 @@ def test_distillation_batches_carry_the_teacher(tok, tiny_teacher):
     padded = batch["attention_mask"] == 0
     assert padded.any() and (batch["teacher_hidden"][padded] == 0).all()
     assert set(batch["labels"].tolist()) <= {0, 1, IGNORE_INDEX}
+    # the batch is shuffled: each row carries its own example's teacher outputs
+    for row, ids in enumerate(batch["input_ids"].tolist()):
+        i = next(i for i, e in enumerate(ex) if ids[:len(e["input_ids"])] == e["input_ids"])
+        assert torch.equal(batch["teacher_logits"][row], targets.logits[i])
+        n = len(ex[i]["input_ids"])
+        assert torch.equal(batch["teacher_hidden"][row, :n], targets.hidden[i].float())
     with pytest.raises(ValueError, match="24 examples but teacher outputs for 23"):
         DistillationBatches(ex, TeacherTargets(targets.logits[:-1], targets.hidden[:-1], 30522, 32), 8)
 
