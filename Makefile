@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(VENV)/share/bertmini/sources
 TEST_CACHE := $(CURDIR)/_build/test-cache
 
-.PHONY: venv book test test-fp32 claim-fixtures bench strip browser-check chromium clean
+.PHONY: venv book test test-fp32 claim-fixtures profile-smoke bench strip browser-check chromium clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,11 @@ claim-fixtures: venv
 	for nb in $(CLAIM_CHAPTERS); do \
 	  BERTMINI_CACHE=$(CURDIR)/_build/claims-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BERTMINI_AMP=fp32 \
 	    $(BIN)/python tools/claim_fixture.py chapters/$$nb.ipynb || exit 1; done
+
+# Every chapter at the gpu profile on this machine, each training run cut to 200 steps, errors sorted
+# into claims a short run need not meet and real errors (tools/profile_smoke.py; about an hour on 2 cores).
+profile-smoke: venv
+	$(BIN)/python tools/profile_smoke.py --profile gpu --max-steps 200
 
 browser-check: venv chromium
 	$(BIN)/python tools/browser_check.py _build/html

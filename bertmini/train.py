@@ -71,6 +71,21 @@ TRAJECTORY_FIELDS = ("lr", "weight_decay", "warmup_ratio", "warmup_steps", "max_
 # --------------------------------------------------------------------------- config
 
 
+def step_cap() -> int | float:
+    """``BERTMINI_MAX_STEPS``, a cap on every training run's optimizer steps, else no cap.
+
+    For smoke runs only: ``tools/profile_smoke.py`` runs every chapter's gpu recipes on a CPU
+    cut to a few hundred steps, to show the cells run at that size. A capped run learns less than
+    the chapter says, and what it trains is cached like a full run, so use a throwaway
+    ``BERTMINI_CACHE`` with it."""
+    value = os.environ.get("BERTMINI_MAX_STEPS", "").strip()
+    if not value:
+        return math.inf
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"BERTMINI_MAX_STEPS={value!r} must be a positive number of steps; unset it for full runs")
+    return int(value)
+
+
 @dataclass
 class TrainConfig:
     """Everything :func:`train` needs besides the model and the data.
@@ -145,9 +160,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_time_s must be > 0 or None, got {self.max_time_s!r}")
 
     def total_steps(self, train_data: Any = None) -> int:
-        """Optimizer steps this config trains for (``max_steps``, or ``epochs`` worth of batches)."""
+        """Optimizer steps this config trains for (``max_steps``, or ``epochs`` worth of batches),
+        cut to ``BERTMINI_MAX_STEPS`` if that is set (see :func:`step_cap`)."""
         if self.max_steps is not None:
-            return self.max_steps
+            return min(self.max_steps, step_cap())
         try:
             n_batches = len(train_data)
         except TypeError:
@@ -155,7 +171,7 @@ class TrainConfig:
                 "TrainConfig(epochs=...) needs len(train_data); this train_data has no length. "
                 "Give max_steps=... instead."
             ) from None
-        return max(1, int(self.epochs * n_batches) // self.grad_accum_steps)
+        return min(max(1, int(self.epochs * n_batches) // self.grad_accum_steps), step_cap())
 
     def warmup(self, total_steps: int) -> int:
         if self.warmup_steps is not None and self.warmup_steps > total_steps:  # known only now, with epochs=

@@ -258,6 +258,22 @@ def test_bertmini_amp_chooses_the_numeric_path_of_auto(monkeypatch):
         T.resolve_amp("auto", cpu)
 
 
+def test_bertmini_max_steps_caps_every_run(monkeypatch):
+    """The smoke runs' override: every run, by steps or by epochs, stops at the cap."""
+    monkeypatch.setenv("BERTMINI_MAX_STEPS", "7")
+    assert config(max_steps=30).total_steps() == 7
+    assert TrainConfig(lr=1e-3, epochs=3).total_steps(list(range(50))) == 7
+    hist = train(fresh_model(), regression_loader(), config(max_steps=30))
+    assert len(hist.losses) == 7
+    monkeypatch.setenv("BERTMINI_MAX_STEPS", "100")
+    assert config(max_steps=30).total_steps() == 30  # a cap above the run changes nothing
+    monkeypatch.setenv("BERTMINI_MAX_STEPS", "0")
+    with pytest.raises(ValueError, match="BERTMINI_MAX_STEPS"):
+        config(max_steps=30).total_steps()
+    monkeypatch.delenv("BERTMINI_MAX_STEPS")
+    assert config(max_steps=30).total_steps() == 30
+
+
 def test_max_time_s_stops_cleanly(tmp_path):
     class Slow(Regressor):
         def forward(self, x, y=None):
