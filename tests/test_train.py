@@ -174,6 +174,9 @@ def test_train_learns_and_records_history():
     matplotlib.use("Agg")
     ax = hist.plot("mse_loss", window=5)
     assert ax.get_xlabel() == "optimizer step" and ax.get_title() and len(ax.lines[0].get_xdata()) == 40
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)  # a figure left open fails test_diagrams' check if it runs later
     with pytest.raises(KeyError, match="recorded"):
         hist.series("nsp_loss")
 
