@@ -72,9 +72,10 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     dropout: Callable[[torch.Tensor, float], torch.Tensor] = F.dropout,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The formula, written out. ``query/key/value`` are ``(..., seq, d_k)``; ``mask`` is
-    additive and broadcastable to ``(..., seq_q, seq_k)``; ``dropout(x, p)`` drops
-    attention weights (``bertmini.fast`` passes its faster CPU twin).
+    """The formula, written out. ``query/key/value`` are ``(..., seq, d_k)``;
+    ``mask`` is additive and broadcastable to ``(..., seq_q, seq_k)``;
+    ``dropout(x, p)`` drops attention weights (``bertmini.fast`` passes its
+    faster CPU twin).
 
     Returns ``(output, probabilities)``; the probabilities are those *before*
     dropout, so every row sums to 1.
@@ -83,8 +84,8 @@ def scaled_dot_product_attention(
     scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)
     if mask is not None:
         scores = scores + mask
-    # The softmax in float32 even under bf16/fp16 autocast (which would run it in bf16 on a
-    # CPU, with 3 significant digits), as the fused kernels do internally.
+    # The softmax in float32 even under bf16/fp16 autocast (which would run it
+    # in bf16 on a CPU, with 3 significant digits), as fused kernels do inside.
     probs = scores.float().softmax(dim=-1).to(value.dtype)
     weights = dropout(probs, dropout_p)
     return weights @ value, probs
@@ -111,12 +112,15 @@ class BertSelfAttention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, seq, hidden)`` -> ``(batch, heads, seq, head_dim)``."""
         batch, seq, _ = x.shape
-        return x.view(batch, seq, self.num_attention_heads, self.head_dim).transpose(1, 2)
+        x = x.view(batch, seq, self.num_attention_heads, self.head_dim)
+        return x.transpose(1, 2)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, heads, seq, head_dim)`` -> ``(batch, seq, hidden)``: the heads side by side."""
+        """``(batch, heads, seq, head_dim)`` -> ``(batch, seq, hidden)``: the
+        heads side by side."""
         batch, _, seq, _ = x.shape
-        return x.transpose(1, 2).reshape(batch, seq, self.num_attention_heads * self.head_dim)
+        hidden = self.num_attention_heads * self.head_dim
+        return x.transpose(1, 2).reshape(batch, seq, hidden)
 
     def forward(
         self,
@@ -124,15 +128,19 @@ class BertSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``hidden_states`` is ``(batch, seq, hidden)``; ``mask`` is ``None`` when
-        nothing is padded, else broadcastable to ``(batch, heads, seq, seq)``: either
-        boolean (True = may attend, as ``BertModel`` passes it) or additive (as from
-        :func:`padding_mask`). Returns the concatenated heads ``(batch, seq, hidden)`` and,
-        if asked, the probabilities ``(batch, heads, seq, seq)``."""
-        if fast.ENABLED and not output_attentions:
+        """``hidden_states`` is ``(batch, seq, hidden)``; ``mask`` is ``None``
+        when nothing is padded, else broadcastable to ``(batch, heads, seq,
+        seq)``: boolean (True = may attend, as ``BertModel`` passes it) or
+        additive (as from :func:`padding_mask`). Returns the concatenated
+        heads ``(batch, seq, hidden)`` and, if asked, the probabilities
+        ``(batch, heads, seq, seq)``."""
+        if fast.ENABLED and not output_attentions:  # fast twin, same numbers
             return fast_self_attention(self, hidden_states, mask), None
-        q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
+        q = self.split_heads(self.query(hidden_states))
+        k = self.split_heads(self.key(hidden_states))
+        v = self.split_heads(self.value(hidden_states))
         if mask is not None:
             mask = as_additive(mask, q.dtype)
-        context, probs = scaled_dot_product_attention(q, k, v, mask, self.dropout_p if self.training else 0.0)
+        dropout_p = self.dropout_p if self.training else 0.0
+        context, probs = scaled_dot_product_attention(q, k, v, mask, dropout_p)
         return self.merge_heads(context), (probs if output_attentions else None)

@@ -42,30 +42,35 @@ from .runtime import can_check_values
 
 
 class BertPredictionHeadTransform(nn.Module):
-    """``LayerNorm(act(dense(h)))``: one more layer between the encoder and the vocabulary."""
+    """``LayerNorm(act(dense(h)))``: one more layer between the encoder and the
+    vocabulary."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.transform_act_fn = ACT_FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size,
+                                      eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
 
 
 class BertLMPredictionHead(nn.Module):
-    """Scores every vocabulary entry: transform, then a decoder whose weight *is* the
-    word-embedding matrix (tied by :class:`BertForPreTraining`), plus a bias per token."""
+    """Scores every vocabulary entry: transform, then a decoder whose weight
+    *is* the word-embedding matrix (tied by :class:`BertForPreTraining`), plus
+    a bias per token."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size,
+                                 bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden_states), self.decoder.weight, self.bias)
+        h = self.transform(hidden_states)
+        return F.linear(h, self.decoder.weight, self.bias)
 
 
 class BertOnlyMLMHead(nn.Module):
@@ -77,7 +82,8 @@ class BertOnlyMLMHead(nn.Module):
 
 
 class BertPreTrainingHeads(nn.Module):
-    """Both pretraining heads: ``predictions`` (MLM) and ``seq_relationship`` (NSP)."""
+    """Both pretraining heads: ``predictions`` (MLM) and ``seq_relationship``
+    (NSP)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -131,15 +137,18 @@ def _check_mlm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size:
         )
 
 
-def masked_lm(transform, weight: torch.Tensor, bias: torch.Tensor, sequence_output: torch.Tensor,
-              input_ids: torch.Tensor, labels: torch.Tensor | None, vocab_size: int, training: bool,
+def masked_lm(transform, weight: torch.Tensor, bias: torch.Tensor,
+              sequence_output: torch.Tensor, input_ids: torch.Tensor,
+              labels: torch.Tensor | None, vocab_size: int, training: bool,
               out: BertForPreTrainingOutput) -> None:
-    """Fill ``out``'s MLM fields from the encoder's ``sequence_output``: ``transform``, then the
-    (tied) decoder ``weight`` and ``bias``. Without ``labels``, the logits at every position; with
-    them, logits, loss and accuracy at the masked positions only (``labels != -100``), and while
+    """Fill ``out``'s MLM fields from the encoder's ``sequence_output``:
+    ``transform``, then the (tied) decoder ``weight`` and ``bias``. Without
+    ``labels``, the logits at every position; with them, logits, loss and
+    accuracy at the masked positions only (``labels != -100``), and while
     ``training`` under autograd (with ``bertmini.fast.ENABLED``) the loss from
-    :func:`bertmini.fast.mlm_loss.masked_lm_loss`, which stores no logits. BERT's heads and the
-    variants' (RoBERTa, ALBERT, ELECTRA's generator) all go through here."""
+    :func:`bertmini.fast.mlm_loss.masked_lm_loss`, which stores no logits.
+    BERT's heads and the variants' (RoBERTa, ALBERT, ELECTRA's generator) all
+    go through here."""
     if labels is None:
         out.mlm_logits = F.linear(transform(sequence_output), weight, bias)
         return
@@ -148,20 +157,35 @@ def masked_lm(transform, weight: torch.Tensor, bias: torch.Tensor, sequence_outp
     selected = labels != IGNORE_INDEX
     out.masked_positions = selected.nonzero()
     out.masked_labels = labels[selected]
-    # The sparse head: gather the masked rows first, then transform and project only them.
+    # The sparse head: gather the masked rows first, then score only them.
     rows = sequence_output[selected]
-    if out.masked_labels.numel() == 0:  # nothing masked in this batch: no signal, but not an error
+    if out.masked_labels.numel() == 0:  # nothing masked: no signal, no error
         out.mlm_logits = F.linear(transform(rows), weight, bias)
         out.mlm_loss = out.mlm_logits.sum() * 0.0
         out.mlm_accuracy = torch.zeros((), device=input_ids.device)
         return
-    if fast.ENABLED and training and torch.is_grad_enabled():  # training: never store the logits
-        out.mlm_loss, out.mlm_accuracy = masked_lm_loss(transform(rows), weight, bias, out.masked_labels)
+    if fast.ENABLED and training and torch.is_grad_enabled():
+        # the fast twin: the same loss and gradients, the logits never stored
+        out.mlm_loss, out.mlm_accuracy = masked_lm_loss(
+            transform(rows), weight, bias, out.masked_labels)
         return
     out.mlm_logits = F.linear(transform(rows), weight, bias)
     out.mlm_loss = F.cross_entropy(out.mlm_logits.float(), out.masked_labels)
     with torch.no_grad():
-        out.mlm_accuracy = (out.mlm_logits.argmax(-1) == out.masked_labels).float().mean()
+        hits = out.mlm_logits.argmax(-1) == out.masked_labels
+        out.mlm_accuracy = hits.float().mean()
+
+
+def _nsp_labels(next_sentence_label, input_ids: torch.Tensor) -> torch.Tensor:
+    """The NSP labels as a long tensor, one per row, each 0 or 1 (else a clear error)."""
+    label = class_labels(next_sentence_label, "next_sentence_label", input_ids.device).view(-1)
+    if label.numel() != input_ids.shape[0] or (
+            can_check_values(label) and not bool(((label == 0) | (label == 1)).all())):
+        raise ValueError(
+            "next_sentence_label needs one label per row, 0 (IsNext: B follows A) or 1 (NotNext: "
+            f"B is random); got {label.tolist()[:8]} for a batch of {input_ids.shape[0]}"
+        )
+    return label
 
 
 class _MaskedLMBase(BertPreTrainedModel):
@@ -198,23 +222,20 @@ class BertForPreTraining(_MaskedLMBase):
         self.init_weights()
         self._tie_weights()  # after init, so the embeddings' padding row stays zero
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                next_sentence_label=None) -> BertForPreTrainingOutput:
-        encoded = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                labels=None, next_sentence_label=None
+                ) -> BertForPreTrainingOutput:
+        encoded = self.bert(input_ids, token_type_ids=token_type_ids,
+                            attention_mask=attention_mask)
         out = BertForPreTrainingOutput()
         self._mlm(encoded.last_hidden_state, input_ids, labels, out)
         out.nsp_logits = self.cls.seq_relationship(encoded.pooler_output)
         if next_sentence_label is not None:
-            next_sentence_label = class_labels(next_sentence_label, "next_sentence_label", input_ids.device).view(-1)
-            if next_sentence_label.numel() != input_ids.shape[0] or (can_check_values(next_sentence_label) and not bool(
-                    ((next_sentence_label == 0) | (next_sentence_label == 1)).all())):
-                raise ValueError(
-                    "next_sentence_label needs one label per row, 0 (IsNext: B follows A) or 1 (NotNext: "
-                    f"B is random); got {next_sentence_label.tolist()[:8]} for a batch of {input_ids.shape[0]}"
-                )
-            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label)
+            label = _nsp_labels(next_sentence_label, input_ids)
+            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), label)
             with torch.no_grad():
-                out.nsp_accuracy = (out.nsp_logits.argmax(-1) == next_sentence_label).float().mean()
+                hits = out.nsp_logits.argmax(-1) == label
+                out.nsp_accuracy = hits.float().mean()
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
         out.loss = sum(losses) if losses else None
         return out

@@ -68,7 +68,8 @@ class BertEmbeddings(nn.Module):
         # Not saved with the weights (persistent=False), as in transformers.
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None], persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
         seq_len = input_ids.size(1)
         x = self.word_embeddings(input_ids)
         x = x + self.token_type_embeddings(token_type_ids)
@@ -85,8 +86,11 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+    def forward(self, hidden_states: torch.Tensor,
+                input_tensor: torch.Tensor) -> torch.Tensor:
+        # the sublayer's output projected, plus its input (residual), normalised
+        x = self.dropout(self.dense(hidden_states))
+        return self.LayerNorm(x + input_tensor)
 
 
 class BertAttention(nn.Module):
@@ -123,8 +127,11 @@ class BertOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+    def forward(self, hidden_states: torch.Tensor,
+                input_tensor: torch.Tensor) -> torch.Tensor:
+        # the sublayer's output projected, plus its input (residual), normalised
+        x = self.dropout(self.dense(hidden_states))
+        return self.LayerNorm(x + input_tensor)
 
 
 class BertLayer(nn.Module):
@@ -137,8 +144,10 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, hidden_states, mask=None, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, mask, output_attentions)
-        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        attention_output, probs = self.attention(hidden_states, mask,
+                                                 output_attentions)
+        intermediate = self.intermediate(attention_output)  # hidden -> 4x, GELU
+        layer_output = self.output(intermediate, attention_output)  # -> hidden
         return layer_output, probs
 
 

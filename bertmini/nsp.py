@@ -221,17 +221,20 @@ class PretrainingData:
         return cls(ids, types, attn, special, labels)
 
 
-def pretraining_data(split: str, tokenizer, max_length: int = 64, *, copies: int = 1, seed: int = 0,
+def pretraining_data(split: str, tokenizer, max_length: int = 64, *,
+                     copies: int = 1, seed: int = 0,
                      negatives: str = "other_article") -> PretrainingData:
     """The NSP pairs of one split of ``bertmini.data.wiki_articles`` as tensors.
 
     ``copies > 1`` cuts the articles into pairs that many times with different
-    random choices (different negatives, different IsNext/NotNext coin flips), as
-    Google's ``dupe_factor``; masking stays dynamic either way.
+    random choices (different negatives, different IsNext/NotNext coin flips),
+    as Google's ``dupe_factor``; masking stays dynamic either way.
     """
     from . import data
 
-    docs = tokenize_articles([a.text for a in data.wiki_articles(split)], tokenizer)
-    pairs = [p for c in range(copies)
-             for p in make_nsp_pairs(docs, max_length, seed=seed + 1000 * c, negatives=negatives)]
+    texts = [a.text for a in data.wiki_articles(split)]
+    docs = tokenize_articles(texts, tokenizer)  # sentences of ids, per article
+    pairs = [pair for c in range(copies)
+             for pair in make_nsp_pairs(docs, max_length, seed=seed + 1000 * c,
+                                        negatives=negatives)]
     return PretrainingData.from_pairs(pairs, tokenizer, max_length)

@@ -10,11 +10,13 @@
 What one optimizer step does (the recipe of the BERT paper, as ``transformers`` runs it):
 
 1. ``grad_accum_steps`` micro-batches, each ``model(**batch)`` under autocast; its
-   ``.loss`` divided by ``grad_accum_steps`` and back-propagated;
+   ``.loss`` divided by ``grad_accum_steps`` and back-propagated (the gradients add up);
 2. the gradient norm clipped to ``max_grad_norm``;
 3. an AdamW step, with no weight decay on biases and LayerNorm weights
    (:func:`optimizer_param_groups`);
 4. the learning rate moved along linear warmup then linear decay (:func:`linear_warmup_decay`).
+
+:func:`train_step` is that step, whole; :func:`train` repeats it.
 
 Around it: a progress bar, ``eval_fn`` every ``eval_every`` steps, a
 :class:`~bertmini.history.History` for plots, a wall-clock budget, and three things
@@ -57,8 +59,8 @@ from .checkpoint import (JOURNAL_FILE, LAST, MODEL_FILE, check_writable, load_ch
                          save_checkpoint, set_rng_state, unwrap)
 from .history import History
 
-__all__ = ["TrainConfig", "train", "optimizer_param_groups", "make_optimizer", "linear_warmup_decay",
-           "resolve_amp"]
+__all__ = ["TrainConfig", "train", "train_step", "optimizer_param_groups", "make_optimizer",
+           "linear_warmup_decay", "resolve_amp"]
 
 AMP_CHOICES = ("auto", "fp32", "bf16", "fp16", None)  # None and "fp32": no autocast
 # the TrainConfig fields a resumed run must share with the saved one to retrace it exactly
@@ -305,11 +307,15 @@ def _cpu_has_native_bf16() -> bool:
 # --------------------------------------------------------------------------- the loop
 
 
-def _loss_of(output: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+def _loss_of(output: Any, batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError("the model returned no scalar .loss: put the labels in the batch "
                          f"(batch keys: {sorted(batch)}) and make forward() return an output with .loss")
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not (
+            isinstance(output, (Mapping, tuple, list)) or dataclasses.is_dataclass(output)):
+        raise TypeError(f"under torchrun the model must return a dataclass, dict or tuple (got "
+                        f"{type(output).__name__}): DDP looks inside it for the tensors the loss used")
     return loss
 
 
@@ -436,39 +442,6 @@ def _resume(resume, config: TrainConfig, model, optimizer, scheduler, scaler, st
     return state["step"], history
 
 
-def _backward(model: nn.Module, batch: Mapping[str, Any], autocast, accum: int, scaler,
-              sync: bool) -> dict[str, torch.Tensor]:
-    """Forward and backward of one micro-batch; returns its logged scalars."""
-    with contextlib.nullcontext() if sync else model.no_sync():
-        with autocast:
-            output = model(**batch)
-        loss = _loss_of(output, batch)
-        if isinstance(model, nn.parallel.DistributedDataParallel) and not (
-                isinstance(output, (Mapping, tuple, list)) or dataclasses.is_dataclass(output)):
-            raise TypeError(f"under torchrun the model must return a dataclass, dict or tuple (got "
-                            f"{type(output).__name__}): DDP looks inside it for the tensors the loss used")
-        scaled = loss.float() / accum
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-    return _scalars(output)
-
-
-def _accumulate(net: nn.Module, stream: BatchStream, accum: int, autocast, scaler, dist: distributed.Dist,
-                shard: bool, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
-    """Forward and backward over ``accum`` micro-batches; their mean scalars and token count."""
-    sums: dict[str, torch.Tensor] = {}
-    tokens = 0
-    for micro in range(accum):
-        batch = next(stream)
-        batch = distributed.shard(batch, dist) if shard else batch
-        tokens += _count_tokens(batch)  # this process's share; the log sums over processes
-        batch = {k: v.to(device, non_blocking=device.type == "cuda") if isinstance(v, torch.Tensor) else v
-                 for k, v in batch.items()}
-        sync = not dist.enabled or micro == accum - 1  # DDP averages gradients on the last one only
-        for k, v in _backward(net, batch, autocast, accum, scaler, sync).items():
-            sums[k] = sums[k] + v if k in sums else v
-    return {k: v / accum for k, v in sums.items()}, tokens
-
-
 def _save(config: TrainConfig, model, optimizer, scheduler, scaler, stream: BatchStream, step: int,
           history: History) -> None:
     extra = {"_data": stream.state(), "config": config.to_dict()}
@@ -493,25 +466,75 @@ def _check_loss(loss: torch.Tensor, step: int, config: TrainConfig, optimizer) -
             f"holds the weights of step {step - 1}")
 
 
-def _optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm: float | None) -> torch.Tensor:
-    """Clip, step, move the schedule, clear the gradients; returns the gradient norm before clipping."""
+def _ddp_sync(model: nn.Module, last: bool):
+    """Under torchrun, DDP averages the gradients over the processes on the last
+    micro-batch of a step only (``no_sync`` on the others); elsewhere: nothing."""
+    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _clip_grad_norm(optimizer, max_norm: float | None) -> torch.Tensor:
+    """Clip the gradients' global norm to ``max_norm`` (None: no clipping);
+    returns the norm before clipping."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+# what the scheduler says when fp16's scaler skipped an optimizer step, on purpose
+SKIPPED_STEP_WARNING = re.escape("Detected call of `lr_scheduler.step()`")
+
+
+def train_step(model, micro_batches, optimizer, scheduler,
+               config: TrainConfig, *, autocast=contextlib.nullcontext(),
+               scaler=None, step: int = 1):
+    """One optimizer step of the BERT recipe; :func:`train` repeats it.
+
+    ``micro_batches``: ``config.grad_accum_steps`` batches (dicts of tensors on
+    the model's device). ``scaler``: fp16's gradient scaler, else None. Returns
+    the micro-batches' mean scalars (``loss``, accuracies) and the gradient
+    norm before clipping.
+    """
+    accum, sums = config.grad_accum_steps, {}
+    for i, batch in enumerate(micro_batches):
+        with _ddp_sync(model, last=i == accum - 1):
+            with autocast:  # matmuls in bf16 (or fp16) where the chip has them
+                output = model(**batch)
+            loss = _loss_of(output, batch, model).float() / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for name, value in _scalars(output).items():  # logged: loss, accuracy
+            sums[name] = sums[name] + value if name in sums else value
+    means = {name: value / accum for name, value in sums.items()}
+    _check_loss(means["loss"], step, config, optimizer)  # a NaN stops here
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if max_grad_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    grad_norm = _clip_grad_norm(optimizer, config.max_grad_norm)
     if scaler is not None:
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # skipped if a gradient is inf
         scaler.update()
     else:
-        optimizer.step()
-    with warnings.catch_warnings():  # fp16 skips steps with inf gradients, on purpose
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-        scheduler.step()
+        optimizer.step()  # AdamW
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SKIPPED_STEP_WARNING)
+        scheduler.step()  # the learning rate: warmup, then linear decay
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.detach().float()
+    return means, grad_norm.detach().float()
+
+
+def _micro_batches(stream: BatchStream, accum: int, dist: distributed.Dist, shard: bool,
+                   device: torch.device, tokens: list[int]):
+    """The next ``accum`` batches of ``stream`` (this process's share under torchrun) on
+    ``device``; each one's token count, taken before the move (no device sync), is
+    appended to ``tokens`` (this process's share: the log sums over processes)."""
+    for _ in range(accum):
+        batch = next(stream)
+        batch = distributed.shard(batch, dist) if shard else batch
+        tokens.append(_count_tokens(batch))
+        yield {k: v.to(device, non_blocking=device.type == "cuda") if isinstance(v, torch.Tensor) else v
+               for k, v in batch.items()}
 
 
 def _should_stop(config: TrainConfig, t0: float, callbacks, info: dict[str, Any], dist: distributed.Dist,
@@ -564,7 +587,6 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
     net = distributed.wrap(model, device) if dist.enabled else model
     shard = dist.enabled and not isinstance(stream.sampler, torch.utils.data.distributed.DistributedSampler)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def save() -> None:
         if config.checkpoint_dir is not None and dist.main:
@@ -576,13 +598,13 @@ def train(model: nn.Module, train_data: Any, config: TrainConfig, *,
     last_eval = last_save = -1
     try:
         while step < total_steps:
-            sums, tokens = _accumulate(net, stream, config.grad_accum_steps, autocast, scaler, dist, shard, device)
-            _check_loss(sums["loss"], step + 1, config, optimizer)
-            lr = optimizer.param_groups[0]["lr"]
-            grad_norm = _optimizer_step(optimizer, scheduler, scaler, params, config.max_grad_norm)
+            lr, tokens = optimizer.param_groups[0]["lr"], []
+            batches = _micro_batches(stream, config.grad_accum_steps, dist, shard, device, tokens)
+            sums, grad_norm = train_step(net, batches, optimizer, scheduler, config, autocast=autocast,
+                                         scaler=scaler, step=step + 1)
             step += 1
             log.add(step=step, scalars={**sums, "grad_norm": grad_norm},
-                    lr=lr, tokens=tokens, elapsed=elapsed_before + time.perf_counter() - t0)
+                    lr=lr, tokens=sum(tokens), elapsed=elapsed_before + time.perf_counter() - t0)
             if step % config.log_every == 0 or step == total_steps or callbacks:
                 log.flush()
             if config.eval_every and step % config.eval_every == 0 and eval_fn is not None:

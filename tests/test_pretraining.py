@@ -311,7 +311,7 @@ def test_pretrain_killed_part_way_resumes_from_its_checkpoints(tmp_path, monkeyp
     rcp = P.recipe("smoke", max_length=16, batch_size=8, max_steps=8, eval_every=2, amp=None)
     whole = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False)
 
-    real_step, steps = T._optimizer_step, []
+    real_step, steps = T.train_step, []
 
     def dies_at_step_6(*args, **kwargs):  # the kernel killed during step 6: steps 1-5 done, 4 saved
         if len(steps) == 5:
@@ -319,7 +319,7 @@ def test_pretrain_killed_part_way_resumes_from_its_checkpoints(tmp_path, monkeyp
         steps.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(T, "_optimizer_step", dies_at_step_6)
+    monkeypatch.setattr(T, "train_step", dies_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False,
                    checkpoint_dir=tmp_path / "partial", checkpoint_every=2)
@@ -329,7 +329,7 @@ def test_pretrain_killed_part_way_resumes_from_its_checkpoints(tmp_path, monkeyp
         steps_after.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(T, "_optimizer_step", counted)
+    monkeypatch.setattr(T, "train_step", counted)
     from bertmini.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "partial", BertForPreTraining(rcp.config(len(tok))))["step"] == 4
     resumed = P.pretrain(rcp, tokenizer=tok, train_data=data, eval_batches=evals, progress=False,

@@ -174,6 +174,9 @@ def test_train_learns_and_records_history():
     matplotlib.use("Agg")
     ax = hist.plot("mse_loss", window=5)
     assert ax.get_xlabel() == "optimizer step" and ax.get_title() and len(ax.lines[0].get_xdata()) == 40
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)  # a figure left open fails test_diagrams' check if it runs later
     with pytest.raises(KeyError, match="recorded"):
         hist.series("nsp_loss")
 
@@ -190,6 +193,35 @@ def test_grad_accumulation_equals_the_big_batch():
         torch.testing.assert_close(w4[k], w1[k], rtol=1e-5, atol=1e-6)
     assert h4.losses == pytest.approx(h1.losses, rel=1e-5)
     assert h4.records[0]["tokens"] == h1.records[0]["tokens"] == 16
+
+
+def test_train_step_is_the_recipe_written_out():
+    """train_step, the step chapter 4 shows, against the same step spelled out by hand:
+    each micro-batch's loss / accum back-propagated, the norm clipped, AdamW, the schedule."""
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(4, 8, generator=g), "y": torch.randn(4, generator=g)} for _ in range(4)]
+    cfg = config(max_steps=2, warmup_steps=0, grad_accum_steps=2, max_grad_norm=0.05)
+    ours, by_hand = fresh_model(dropout=0.0), fresh_model(dropout=0.0)
+    opt, hand_opt = make_optimizer(ours, cfg.lr), make_optimizer(by_hand, cfg.lr)
+    sched, hand_sched = linear_warmup_decay(opt, 0, 2), linear_warmup_decay(hand_opt, 0, 2)
+    for step, micro in enumerate((batches[:2], batches[2:]), 1):
+        means, norm = T.train_step(ours, iter(micro), opt, sched, cfg, step=step)
+        losses = []
+        for b in micro:
+            loss = by_hand(**b).loss
+            (loss / 2).backward()
+            losses.append(loss.item())
+        params = [p for group in hand_opt.param_groups for p in group["params"]]
+        hand_norm = torch.nn.utils.clip_grad_norm_(params, 0.05)
+        hand_opt.step()
+        hand_sched.step()
+        hand_opt.zero_grad()
+        assert means["loss"].item() == pytest.approx(sum(losses) / 2, rel=1e-6)
+        assert norm.item() == pytest.approx(hand_norm.item(), rel=1e-6) and norm > 0.05  # it clipped
+        assert sched.get_last_lr() == hand_sched.get_last_lr()
+        assert all(p.grad is None for p in ours.parameters())
+    for k, v in weights(by_hand).items():
+        assert torch.equal(weights(ours)[k], v), k
 
 
 def test_epochs_and_callable_data():
