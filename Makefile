@@ -65,6 +65,7 @@ test-fp32:
 # the chapters' asserts on these values; see CONTRIBUTING.md).
 CLAIM_CHAPTERS := 04_pretraining 05a_classification 05b_sentence_pairs 05c_token_classification 05d_question_answering \
   06a_variants 06d_transformers
+CLAIM_CHAPTERS += 06b_distillation
 CLAIM_CHAPTERS += 06c_sentence_embeddings
 claim-fixtures: venv
 	for nb in $(CLAIM_CHAPTERS); do \

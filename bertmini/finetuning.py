@@ -270,11 +270,14 @@ def finetune(model: nn.Module, examples: Sequence[dict], *, lr: float,
     memory holds only a micro-batch); each micro-batch padded to its own
     longest example. The loop is ``bertmini.train``'s. ``amp=None`` (fp32) by
     default: small CPU runs gain little from bf16 and lose precision.
+    ``examples`` may also be a :class:`Batches` of micro-batches (of a
+    subclass that adds keys to each batch, as :mod:`bertmini.distillation`
+    does).
     """
     from bertmini.train import TrainConfig, train
 
     micro = _micro_batch_size(batch_size, micro_batch_size)
-    data = Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
+    data = _training_batches(examples, micro, pad_token_id)
     config = TrainConfig(
         lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
         epochs=None if max_steps else epochs, max_steps=max_steps,
@@ -290,6 +293,18 @@ def _micro_batch_size(batch_size: int, micro_batch_size: int | None) -> int:
     if batch_size % micro:
         raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
     return micro
+
+
+def _training_batches(examples, micro: int, pad_token_id: int) -> Batches:
+    """Shuffled micro-batches of ``examples``, or ``examples`` itself if it is a
+    :class:`Batches` of ``micro`` examples each."""
+    if not isinstance(examples, Batches):
+        return Batches(examples, micro, shuffle=True, pad_token_id=pad_token_id)
+    if examples.batch_size != micro:
+        raise ValueError(
+            f"the Batches given hold {examples.batch_size} examples each; finetune "
+            f"needs micro-batches of {micro} (micro_batch_size, else batch_size)")
+    return examples
 
 
 # ------------------------------------------------------------------ prediction

@@ -9,7 +9,8 @@ names the keys and shapes that do not fit, rather than loading half a model.
 * :func:`from_hf`: a ``transformers`` ``BertModel``, ``BertForPreTraining`` or
   ``BertForMaskedLM``, or one of BERT's family (``RobertaModel``, ``RobertaForMaskedLM``,
   ``AlbertModel``, ``AlbertForPreTraining``, ``AlbertForMaskedLM``, ``ElectraModel``,
-  ``ElectraForPreTraining``, ``ElectraForMaskedLM``), or a task head of chapter 5
+  ``ElectraForPreTraining``, ``ElectraForMaskedLM``, ``DistilBertModel``,
+  ``DistilBertForMaskedLM``), or a task head of chapter 5
   (``BertForSequenceClassification``, ``...ForTokenClassification``, ``...ForQuestionAnswering``)
   -> the bertmini model of the same name (:mod:`bertmini.model`, :mod:`bertmini.heads`,
   :mod:`bertmini.variants`, :mod:`bertmini.task_heads`).
@@ -57,6 +58,8 @@ MODELS = {
     "ElectraModel": ("bertmini.variants.electra", "ElectraConfig"),
     "ElectraForPreTraining": ("bertmini.variants.electra", "ElectraConfig"),
     "ElectraForMaskedLM": ("bertmini.variants.electra", "ElectraConfig"),
+    "DistilBertModel": ("bertmini.variants.distilbert", "DistilBertConfig"),
+    "DistilBertForMaskedLM": ("bertmini.variants.distilbert", "DistilBertConfig"),
     "BertForSequenceClassification": ("bertmini.task_heads", "BertConfig"),
     "BertForTokenClassification": ("bertmini.task_heads", "BertConfig"),
     "BertForQuestionAnswering": ("bertmini.task_heads", "BertConfig"),
@@ -89,7 +92,7 @@ def from_hf(hf_model) -> nn.Module:
     Each class of :data:`MODELS` becomes the bertmini class of the same name:
     ``transformers.BertModel`` -> :class:`bertmini.model.BertModel` (with a pooler iff
     the original has one); ``BertForPreTraining`` / ``BertForMaskedLM`` ->
-    ``bertmini.heads``; the RoBERTa, ALBERT and ELECTRA classes -> ``bertmini.variants``;
+    ``bertmini.heads``; the RoBERTa, ALBERT, ELECTRA and DistilBERT classes -> ``bertmini.variants``;
     the task heads (``BertForSequenceClassification``, ``BertForTokenClassification``,
     ``BertForQuestionAnswering``) -> ``bertmini.task_heads``, with the library's ``num_labels``.
     The result is in the same train/eval mode.

@@ -2,6 +2,8 @@
 
 * classification: :func:`accuracy` and :func:`macro_f1` (the unweighted mean of
   per-class F1, so a rare class counts as much as a common one);
+* calibration: :func:`reliability_bins` (is a 90%-confident prediction right 90% of the
+  time?) and :func:`expected_calibration_error`, their weighted gap;
 * named entities: :func:`bio_entities` reads the entities out of a BIO tag sequence
   the way conlleval does, :func:`entity_scores` counts entity-level P/R/F1;
 * extractive QA: :func:`normalize_answer`, :func:`exact_match`, :func:`token_f1` and
@@ -9,8 +11,8 @@
 * how far to trust a score on a small test set: :func:`bootstrap_interval`.
 
 Not handled: micro/weighted averages, per-type NER breakdowns, the IOBES or IOB1
-schemes, SQuAD 2.0's no-answer scoring, and bootstrap refinements (BCa, stratified
-resampling).
+schemes, SQuAD 2.0's no-answer scoring, bootstrap refinements (BCa, stratified
+resampling), and calibration bins of equal mass (the bins here are of equal width).
 """
 from __future__ import annotations
 
@@ -57,6 +59,41 @@ def macro_f1(predictions: Sequence[int], references: Sequence[int],
             continue
         scores.append(2 * tp / (2 * tp + fp + fn))
     return sum(scores) / len(scores) if scores else 0.0
+
+
+# ------------------------------------------------------------------ calibration
+def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = 10
+                     ) -> list[dict[str, float]]:
+    """The points of a reliability diagram: the predictions grouped by their confidence (the
+    probability of the predicted class) into ``n_bins`` equal bins of [0, 1], each with its
+    ``lower`` and ``upper`` edge, ``count``, mean ``confidence`` and ``accuracy`` (the share of
+    ``correct`` predictions). Empty bins are left out. A confidence of exactly 1 goes in the top bin."""
+    _check_same_length(confidences, correct, "reliability_bins")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int (10 is usual), got {n_bins!r}")
+    bad = [c for c in confidences if not 0.0 <= float(c) <= 1.0]
+    if bad:
+        raise ValueError(f"confidences must be probabilities in [0, 1], got {bad[:3]}; "
+                         "pass the softmax probability of the predicted class, not a logit")
+    members: list[list[int]] = [[] for _ in range(n_bins)]
+    for i, c in enumerate(confidences):
+        members[min(int(float(c) * n_bins), n_bins - 1)].append(i)
+    bins = []
+    for b, idx in enumerate(members):
+        if idx:
+            bins.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": len(idx),
+                         "confidence": sum(float(confidences[i]) for i in idx) / len(idx),
+                         "accuracy": sum(bool(correct[i]) for i in idx) / len(idx)})
+    return bins
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> float:
+    """ECE (Guo et al., 2017): the gap between accuracy and mean confidence in each bin of
+    :func:`reliability_bins`, weighted by the bin's share of the predictions. 0 is perfectly
+    calibrated; an over-confident model has bins whose confidence is above their accuracy."""
+    n = len(confidences)
+    return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+               for b in reliability_bins(confidences, correct, n_bins))
 
 
 # ------------------------------------------------------------------ named entities

@@ -32,13 +32,16 @@ def padded_length(lengths: Sequence[int], length: int | None = None, multiple_of
     return width
 
 
-def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], value: int, length: int | None = None,
-             multiple_of: int | None = None) -> torch.Tensor:
-    """``(len(rows), width)`` long tensor: each row on the left, ``value`` after it."""
+def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], value: int | float, length: int | None = None,
+             multiple_of: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """``(len(rows), width)`` tensor of ``dtype``: each row on the left, ``value`` after it. Rows
+    that are ``(len, d)`` tensors (a vector per token, e.g. a teacher's hidden states) give
+    ``(len(rows), width, d)``."""
     width = padded_length([len(r) for r in rows], length, multiple_of)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
+    per_token = tuple(rows[0].shape[1:]) if len(rows) and isinstance(rows[0], torch.Tensor) else ()
+    out = torch.full((len(rows), width, *per_token), value, dtype=dtype)
     for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
+        out[i, :len(row)] = torch.as_tensor(row, dtype=dtype)
     return out
 
 

@@ -6,8 +6,9 @@ The SQuAD cases follow the official v1.1 evaluation script's normalisation.
 """
 import pytest
 
-from bertmini.metrics import (accuracy, bio_entities, bootstrap_interval, entity_scores, exact_match, macro_f1,
-                              normalize_answer, squad_scores, token_f1)
+from bertmini.metrics import (accuracy, bio_entities, bootstrap_interval, entity_scores, exact_match,
+                              expected_calibration_error, macro_f1, normalize_answer, reliability_bins,
+                              squad_scores, token_f1)
 
 
 def test_accuracy():
@@ -171,3 +172,31 @@ def test_bootstrap_interval_resamples_the_columns_in_pairs():
 def test_bootstrap_interval_rejects_bad_input(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_interval(mean, *args, **kwargs)
+
+
+# ------------------------------------------------------------------ calibration
+def test_reliability_bins_and_ece_by_hand():
+    # bin [0.5, 0.6): one prediction at 0.55, right -> gap 0.45; bin [0.6, 0.7): 0.65, right -> 0.35;
+    # bin [0.9, 1.0]: 0.95 right, 0.95 wrong, 1.0 right -> confidence 2.9/3, accuracy 2/3, gap 0.3
+    conf = [0.95, 0.95, 0.55, 0.65, 1.0]
+    right = [True, False, True, True, True]
+    bins = reliability_bins(conf, right)
+    assert [(b["lower"], b["count"]) for b in bins] == [(0.5, 1), (0.6, 1), (0.9, 3)]
+    assert bins[2]["confidence"] == pytest.approx(2.9 / 3) and bins[2]["accuracy"] == pytest.approx(2 / 3)
+    assert expected_calibration_error(conf, right) == pytest.approx((0.45 + 0.35 + 3 * 0.3) / 5)
+
+
+def test_ece_of_a_calibrated_and_an_overconfident_model():
+    # 80%-confident predictions that are right 8 times in 10: calibrated
+    assert expected_calibration_error([0.8] * 10, [True] * 8 + [False] * 2) == pytest.approx(0.0)
+    # always 99% sure, right half the time: ECE 0.49
+    assert expected_calibration_error([0.99] * 4, [True, False, True, False]) == pytest.approx(0.49)
+
+
+def test_calibration_inputs_checked():
+    with pytest.raises(ValueError, match="confidences must be probabilities in \\[0, 1\\], got \\[2.5\\]"):
+        reliability_bins([2.5, 0.5], [True, True])
+    with pytest.raises(ValueError, match="n_bins must be a positive int"):
+        reliability_bins([0.5], [True], n_bins=0)
+    with pytest.raises(ValueError, match="1 predictions but 2 references"):
+        expected_calibration_error([0.5], [True, False])
