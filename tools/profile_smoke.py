@@ -16,7 +16,8 @@ Each error is then sorted:
 * ``error``: anything else — a cell that does not run at that size (a shape, memory, a missing
   file). These are bugs; the exit status is 1 if there is one.
 
-The report goes to ``_build/profile-smoke/<profile>.md`` (and ``.json``). Timings are the
+The report goes to ``_build/profile-smoke/<profile>.md`` (and ``.json``), each executed notebook
+beside it (to read the values behind a claim that failed). Timings are the
 machine's, not the profile's: a CPU runs the gpu sizes many times slower than a GPU would.
 """
 from __future__ import annotations
@@ -88,6 +89,9 @@ def run(path: Path, env: dict, timeout: int) -> dict:
         os.environ.clear()
         os.environ.update(old)
     errors = sort_errors(nb)
+    saved = ROOT / "_build" / "profile-smoke" / path.name   # the executed notebook, to read the values
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, saved)
     if crashed:
         errors.append({"cell": None, "kind": "error", "exception": crashed, "source": ""})
     return {"notebook": str(path.relative_to(ROOT)), "seconds": round(time.perf_counter() - start, 1),
