@@ -458,10 +458,7 @@ class SentimentRecipe:
 def sentiment_recipe(profile: str | None = None) -> SentimentRecipe:
     """Chapter 5a's recipe at ``profile`` (default: the current one): 1,000 training snippets on
     a CPU, 8,000 on a GPU."""
-    profile = profile or runtime.profile()
-    if profile not in runtime.PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; use one of {runtime.PROFILES}")
-    return SentimentRecipe(n_train={"cpu": 1000, "gpu": 8000}[profile])
+    return SentimentRecipe(n_train=runtime.by_profile(cpu=1000, gpu=8000, profile_name=profile))
 
 
 def sentiment_sample(n: int) -> list[tuple[str, int]]:

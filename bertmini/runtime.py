@@ -52,9 +52,13 @@ def profile() -> str:
     return value
 
 
-def by_profile(cpu: T, gpu: T) -> T:
-    """Pick a size or step count for the current profile: ``by_profile(cpu=500, gpu=20_000)``."""
-    return gpu if profile() == "gpu" else cpu
+def by_profile(cpu: T, gpu: T, profile_name: str | None = None) -> T:
+    """Pick a size or step count for ``profile_name`` (default: the current profile):
+    ``by_profile(cpu=500, gpu=20_000)``."""
+    name = profile_name or profile()
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
+    return gpu if name == "gpu" else cpu
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
