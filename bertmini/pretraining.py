@@ -122,17 +122,17 @@ class Recipe:
 CPU_STEPS = {"bf16": 4800, "fp16": 4800, "fp32": 3400}
 
 
-def _recipes(profile: str) -> dict[str, Recipe]:
+def _recipes(profile: str | None) -> dict[str, Recipe]:
     from .train import numeric_path
 
-    book = {
-        # The book's model: BERT's architecture at Google's "tiny" size (2 layers x 128),
-        # 64-token pairs, as many optimizer steps as a few CPU minutes allow on this
-        # machine's numeric path (CPU_STEPS).
-        "cpu": Recipe(max_steps=CPU_STEPS[numeric_path()]),
-        "gpu": Recipe(size="mini", max_length=128, copies=5, batch_size=128, lr=1e-3, warmup_steps=1000,
-                      max_steps=20_000, dropout=0.1, eval_every=500, eval_pairs=4096),
-    }[profile]
+    # The book's model: BERT's architecture at Google's "tiny" size (2 layers x 128),
+    # 64-token pairs, as many optimizer steps as a few CPU minutes allow on this
+    # machine's numeric path (CPU_STEPS).
+    book = runtime.by_profile(
+        cpu=Recipe(max_steps=CPU_STEPS[numeric_path()]),
+        gpu=Recipe(size="mini", max_length=128, copies=5, batch_size=128, lr=1e-3, warmup_steps=1000,
+                   max_steps=20_000, dropout=0.1, eval_every=500, eval_pairs=4096),
+        profile_name=profile)
     return {
         "book": book,
         # A few seconds, for tests and smoke runs; learns next to nothing.
@@ -144,9 +144,6 @@ def recipe(preset: str = "book", profile: str | None = None, **changes: Any) -> 
     """The recipe called ``preset`` (``"book"``: the book's model; ``"smoke"``: a few
     seconds) at ``profile`` (default: the current one), with any field changed:
     ``recipe("book", use_nsp=False)``, ``recipe("book", profile="gpu")``."""
-    profile = profile or runtime.profile()
-    if profile not in runtime.PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; use one of {runtime.PROFILES}")
     presets = _recipes(profile)
     if preset not in presets:
         raise ValueError(f"unknown pretraining preset {preset!r}; choose one of {sorted(presets)}")

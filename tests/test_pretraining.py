@@ -347,6 +347,8 @@ def test_recipes():
     assert not P.recipe("book", use_nsp=False).use_nsp
     with pytest.raises(ValueError, match="preset"):
         P.recipe("huge")
+    with pytest.raises(ValueError, match="unknown profile 'tpu'"):
+        P.recipe("book", profile="tpu")
     with pytest.raises(TypeError, match="unknown Recipe field"):
         P.recipe("book", layers=3)
 

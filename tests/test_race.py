@@ -264,4 +264,6 @@ def test_cpu_steps_follow_the_numeric_path(monkeypatch):
     monkeypatch.setenv("BERTMINI_AMP", "fp32")
     assert race.race_recipe("cpu").max_steps == race.CPU_STEPS["fp32"]
     assert race.race_recipe("gpu").size == "mini"
+    with pytest.raises(ValueError, match="unknown profile 'tpu'"):
+        race.race_recipe("tpu")
     assert runtime.PROFILES

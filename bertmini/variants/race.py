@@ -79,12 +79,11 @@ def race_recipe(profile: str | None = None, **changes: Any) -> RaceRecipe:
     """The race's recipe at ``profile`` (default: the current one), with any field changed."""
     from ..train import numeric_path
 
-    profile = profile or runtime.profile()
-    if profile not in runtime.PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; use one of {runtime.PROFILES}")
-    rcp = (RaceRecipe(max_steps=CPU_STEPS[numeric_path()]) if profile == "cpu" else
-           RaceRecipe(size="mini", max_length=128, batch_size=128, warmup_steps=500, max_steps=5000,
-                      eval_every=500, eval_pairs=2048, albert_embedding_size=128))
+    rcp = runtime.by_profile(
+        cpu=RaceRecipe(max_steps=CPU_STEPS[numeric_path()]),
+        gpu=RaceRecipe(size="mini", max_length=128, batch_size=128, warmup_steps=500, max_steps=5000,
+                       eval_every=500, eval_pairs=2048, albert_embedding_size=128),
+        profile_name=profile)
     return rcp.replace(**changes) if changes else rcp
 
 
