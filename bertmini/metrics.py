@@ -217,6 +217,16 @@ def bootstrap_interval(score: Callable[..., float], *columns: Sequence,
     return _quantile(scores, low), _quantile(scores, high)
 
 
+def noise_verdict(low: float, high: float) -> str:
+    """How the book reads an interval ``(low, high)`` of a difference between two scores:
+    ``"within the noise"`` where it holds 0 (another test set could rank the two either
+    way), else ``"beyond the noise"``."""
+    if not low <= high:
+        raise ValueError(f"noise_verdict: low={low!r} is above high={high!r}; pass the interval "
+                         "in order, as bootstrap_interval returns it")
+    return "within the noise" if low <= 0 <= high else "beyond the noise"
+
+
 def _check_bootstrap(columns: Sequence[Sequence], resamples: int, level: float) -> int:
     """The number of test examples, after checking the arguments of :func:`bootstrap_interval`."""
     if not columns:

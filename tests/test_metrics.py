@@ -7,8 +7,8 @@ The SQuAD cases follow the official v1.1 evaluation script's normalisation.
 import pytest
 
 from bertmini.metrics import (accuracy, bio_entities, bootstrap_interval, entity_scores, exact_match,
-                              expected_calibration_error, macro_f1, normalize_answer, reliability_bins,
-                              squad_scores, token_f1)
+                              expected_calibration_error, macro_f1, noise_verdict, normalize_answer,
+                              reliability_bins, squad_scores, token_f1)
 
 
 def test_accuracy():
@@ -131,6 +131,16 @@ def test_bootstrap_interval_by_hand():
     assert bootstrap_interval(mean, [0.7]) == (0.7, 0.7)
     same = [1, 0, 1, 1, 0]
     assert bootstrap_interval(lambda a, b: mean(a) - mean(b), same, same) == (0.0, 0.0)
+
+
+def test_noise_verdict_reads_whether_the_interval_holds_zero():
+    assert noise_verdict(-1.2, 3.4) == "within the noise"
+    assert noise_verdict(0.0, 3.4) == "within the noise"   # 0 at an end: still a tie
+    assert noise_verdict(-2.0, 0.0) == "within the noise"
+    assert noise_verdict(0.1, 3.4) == "beyond the noise"
+    assert noise_verdict(-3.4, -0.1) == "beyond the noise"
+    with pytest.raises(ValueError, match="low=2.0 is above high=1.0"):
+        noise_verdict(2.0, 1.0)
 
 
 def test_bootstrap_interval_takes_numpys_quantiles():
