@@ -23,8 +23,10 @@ machine's, not the profile's: a CPU runs the gpu sizes many times slower than a 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -70,8 +72,27 @@ def sort_errors(nb) -> list[dict]:
             else:
                 kind = "error"
             found.append({"cell": i, "kind": kind, "exception": f"{ename}: {evalue}"[:300],
-                          "source": cell.source.splitlines()[-1][:120] if cell.source else ""})
+                          "source": raising_statement(cell.source, out.get("traceback", []))[:120]})
     return found
+
+
+def raising_statement(source: str, traceback: list[str]) -> str:
+    """The first line of the cell's statement that raised, read from the traceback's
+    ``Cell In[..], line N`` (the cell's last line if the traceback does not say)."""
+    lines = source.splitlines() or [""]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(traceback))
+    where = re.search(r"Cell In\[\d+\], line (\d+)", text)
+    if where is None:
+        return lines[-1]
+    line = int(where.group(1))
+    try:
+        code = "\n".join("" if x.lstrip().startswith(("%", "!")) else x for x in lines)
+        for node in ast.parse(code).body:
+            if node.lineno <= line <= (node.end_lineno or node.lineno):
+                return lines[node.lineno - 1].strip()
+    except SyntaxError:
+        pass
+    return lines[min(line, len(lines)) - 1].strip()
 
 
 def run(path: Path, env: dict, timeout: int) -> dict:
