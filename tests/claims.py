@@ -22,7 +22,7 @@ class Claim:
     node: ast.Assert
 
 
-def _code(cell_source: str) -> str:
+def python_of(cell_source: str) -> str:
     # IPython magics and shell lines are not Python: blank them, keeping line numbers.
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in cell_source.splitlines())
 
@@ -33,7 +33,7 @@ def top_level_asserts(nb) -> list[Claim]:
     claims = []
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     for i, cell in enumerate(code_cells):
-        source = _code(cell.source)
+        source = python_of(cell.source)
         for node in ast.parse(source).body:
             if isinstance(node, ast.Assert):
                 claims.append(Claim(i, ast.get_source_segment(source, node), node))

@@ -36,6 +36,8 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from claims import python_of  # noqa: E402  (magics blanked, line numbers kept)
 
 
 def book_order() -> list[Path]:
@@ -86,8 +88,7 @@ def raising_statement(source: str, traceback: list[str]) -> str:
         return lines[-1]
     line = int(where.group(1))
     try:
-        code = "\n".join("" if x.lstrip().startswith(("%", "!")) else x for x in lines)
-        for node in ast.parse(code).body:
+        for node in ast.parse(python_of(source)).body:
             if node.lineno <= line <= (node.end_lineno or node.lineno):
                 return lines[node.lineno - 1].strip()
     except SyntaxError:
